@@ -1,0 +1,36 @@
+# The two commands of the README: `make demo` and `make test`. Each creates the
+# virtual environment it needs from the pinned requirements on first use.
+PYTHON ?= python3.11
+VENV ?= .venv
+WORKDIR ?= runs/synthetic
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint clean-venv
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=...)" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.runtime-installed: requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $(VENV)/.runtime-installed $@
+
+# Train and evaluate on the embedded synthetic DFEW-format dataset.
+demo: $(VENV)/.runtime-installed
+	$(BIN)/python -m former_dfer_jax.main --config=configs/synthetic.py --workdir=$(WORKDIR)
+
+# The whole test suite (what CI runs).
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -q -n 2 tests
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check former_dfer_jax configs tests
+	$(BIN)/ruff format --check former_dfer_jax configs tests
+
+clean-venv:
+	rm -rf $(VENV)

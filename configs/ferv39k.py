@@ -1,0 +1,12 @@
+"""FERV39k with the reference recipe."""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = default.get_config()
+    config.data.name = 'ferv39k'
+    config.data.fold = 0  # one official train / test split
+    return config

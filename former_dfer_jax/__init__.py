@@ -1,0 +1,3 @@
+"""Former-DFER (ACM MM 2021) in JAX / Flax NNX."""
+
+__version__ = '0.1.0'
