@@ -1,0 +1,75 @@
+"""Shared test fixtures: tiny on-disk datasets in the raw layouts the data code reads."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+FRAME_STEP = 4  # frame t of a fixture clip has red = FRAME_STEP * t (t < 64)
+
+
+class RawData:
+    """Writes tiny clips whose pixels tell which frame they are.
+
+    Frame t of clip c: red = FRAME_STEP * t, green = 40 + 10 * (c % 20), blue a left-to-right
+    ramp (so a flip is visible). JPEG keeps the flat red channel within a few levels.
+    """
+
+    @staticmethod
+    def frame(t: int, clip: int, size: tuple[int, int] = (24, 24)) -> Image.Image:
+        w, h = size
+        pixels = np.zeros((h, w, 3), np.uint8)
+        pixels[..., 0] = FRAME_STEP * t
+        pixels[..., 1] = 40 + 10 * (clip % 20)
+        pixels[..., 2] = np.linspace(0, 255, w).astype(np.uint8)[None, :]
+        return Image.fromarray(pixels)
+
+    @staticmethod
+    def frame_of(video: np.ndarray) -> np.ndarray:
+        """Frame numbers from a [..., H, W, 3] video in [0, 1] (mean red of each frame)."""
+        red = video[..., 0].mean(axis=(-1, -2)) * 255.0
+        return np.rint(red / FRAME_STEP).astype(int)
+
+    def clip(self, directory: Path, num_frames: int, clip: int = 0, size=(24, 24)) -> Path:
+        assert num_frames * FRAME_STEP <= 256, 'frame numbers are encoded in one byte'
+        directory.mkdir(parents=True, exist_ok=True)
+        for t in range(num_frames):  # DFEW names: <clip>_<t+1>.jpg, not zero-padded
+            self.frame(t, clip, size).save(directory / f'{clip}_{t + 1}.jpg', quality=95)
+        return directory
+
+    def dfew(
+        self,
+        root: Path,
+        clips: dict[int, tuple[int, int]],
+        folds: dict[int, tuple[list[int], list[int]]],
+        *,
+        spelling: str = 'single-labeled',
+        extra_level: bool = False,
+        size=(24, 24),
+    ) -> Path:
+        """DFEW as distributed. clips: id -> (num_frames, label 0..6); folds: k -> (train, test)."""
+        base = root / 'Clip' / 'clip_224x224'
+        if extra_level:
+            base = base / 'clip_224x224'
+        for clip_id, (num_frames, _) in clips.items():
+            self.clip(base / f'{clip_id:05d}', num_frames, clip_id, size)
+        for fold, (train, test) in folds.items():
+            for split, ids in (('train', train), ('test', test)):
+                folder = root / 'EmoLabel_DataSplit' / f'{split}({spelling})'
+                folder.mkdir(parents=True, exist_ok=True)
+                with open(folder / f'set_{fold}.csv', 'w', newline='') as f:
+                    writer = csv.writer(f)
+                    writer.writerow(['video_name', 'label'])
+                    writer.writerows([i, clips[i][1] + 1] for i in ids)
+        return root
+
+    @staticmethod
+    def clip_dir(root: Path, clip_id: int) -> Path:
+        return root / 'Clip' / 'clip_224x224' / f'{clip_id:05d}'
+
+
+@pytest.fixture(scope='session')
+def raw_data() -> RawData:
+    return RawData()
