@@ -102,15 +102,19 @@ def train_step(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step on a (global) batch; BatchNorm statistics are updated in the step."""
 
-    def loss_fn(params: nnx.State) -> tuple[jax.Array, tuple[jax.Array, nnx.State]]:
-        model = nnx.merge(state.train_graphdef, params, state.rest)
-        logits = model(batch['video'])
-        _, new_rest = nnx.split(model, nnx.Param, ...)
-        return cross_entropy(logits, batch['label']), (logits, new_rest)
+    # Merge once at the jit level and differentiate the module with nnx.value_and_grad:
+    # BatchNorm mutates its statistics in the forward pass, and NNX variables may only
+    # be mutated at the trace level they were created in.
+    model = nnx.merge(state.train_graphdef, state.params, state.rest)
 
-    (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    def loss_fn(model: nnx.Module) -> tuple[jax.Array, jax.Array]:
+        logits = model(batch['video'])
+        return cross_entropy(logits, batch['label']), logits
+
+    (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    updates, opt_state = tx.update(grads, state.opt_state, params)
+    params = optax.apply_updates(params, updates)
     metrics = {
         'loss': loss,
         'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),

@@ -1,11 +1,40 @@
-"""Shared test fixtures: tiny on-disk datasets in the raw layouts the data code reads."""
+"""Shared test set-up: one data cache and one XLA compilation cache per test run (shared by
+the xdist workers and by the subprocesses tests start), and tiny on-disk datasets in the
+raw layouts the data code reads."""
 
 import csv
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+RUN_DIR_ENV = 'FORMER_DFER_TEST_RUN_DIR'
+
+
+def pytest_configure(config):
+    # The controller makes the run's directory; xdist workers and the subprocesses that
+    # tests start inherit it through the environment.
+    if RUN_DIR_ENV not in os.environ:
+        os.environ[RUN_DIR_ENV] = tempfile.mkdtemp(prefix='former_dfer_jax_tests_')
+        config.owns_run_dir = True
+    run_dir = os.environ[RUN_DIR_ENV]
+    # Prepared datasets (the synthetic one above all) are built once per run, not per test.
+    os.environ.setdefault('FORMER_DFER_CACHE', os.path.join(run_dir, 'data'))
+    # Compiled XLA programs are reused across tests, workers and subprocesses: most test
+    # time would otherwise go to compiling the same small models again.
+    os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(run_dir, 'xla'))
+    os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+    os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+
+
+def pytest_unconfigure(config):
+    if getattr(config, 'owns_run_dir', False):
+        shutil.rmtree(os.environ.pop(RUN_DIR_ENV), ignore_errors=True)
+
 
 FRAME_STEP = 4  # frame t of a fixture clip has red = FRAME_STEP * t (t < 64)
 

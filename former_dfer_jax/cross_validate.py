@@ -1,0 +1,142 @@
+"""5-fold cross-validation on DFEW, and the summary in the layout of the paper's Table 4.
+
+    python -m former_dfer_jax.cross_validate --config=configs/dfew.py --workdir=runs/dfew_cv
+
+Fold k trains in `workdir/fold_k`. Re-running resumes: finished folds are skipped and an
+interrupted fold resumes from its latest checkpoint. The summary (`summary.json`,
+`summary.md`, `confusion_matrix_{best,last}.png`) is written when every fold is done,
+and can be rebuilt alone with `--summarize_only`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+from PIL import Image
+
+from former_dfer_jax import cli, metrics, train
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory holding fold_1 .. fold_5.')
+_FOLDS = flags.DEFINE_list('folds', ['1', '2', '3', '4', '5'], 'Folds to run.')
+_SUMMARIZE_ONLY = flags.DEFINE_bool(
+    'summarize_only', False, 'Only rebuild the summary from finished folds.'
+)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def fold_dir(workdir: str, fold: int) -> str:
+    return os.path.join(workdir, f'fold_{fold}')
+
+
+def fold_results(workdir: str, fold: int) -> dict | None:
+    """The fold's results.json if the fold finished, else None."""
+    path = os.path.join(fold_dir(workdir, fold), train.RESULTS_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        results = json.load(f)
+    return results if results.get('finished') else None
+
+
+def run_folds(config, workdir: str, folds: Sequence[int]) -> None:
+    """Trains every fold of `folds` that has not finished yet."""
+    for fold in folds:
+        if fold_results(workdir, fold) is not None:
+            logging.info('Fold %d already finished; skipping.', fold)
+            continue
+        fold_config = config.copy_and_resolve_references()
+        fold_config.data.fold = fold
+        logging.info('=== Fold %d -> %s', fold, fold_dir(workdir, fold))
+        train.train_and_evaluate(fold_config, fold_dir(workdir, fold))
+        if fold_results(workdir, fold) is None:
+            raise SystemExit(f'Fold {fold} stopped before finishing; re-run to resume.')
+
+
+def summarize(workdir: str, folds: Sequence[int]) -> dict:
+    """Per-fold, mean-over-folds and pooled metrics for the best and the last epochs.
+
+    Pooled = every fold's test predictions together (summed confusion matrices), the
+    paper's protocol; the mean over folds is what the authors' logs average.
+    """
+    per_fold = {fold: fold_results(workdir, fold) for fold in folds}
+    missing = [fold for fold, results in per_fold.items() if results is None]
+    if missing:
+        raise ValueError(f'{workdir}: folds {missing} have not finished')
+    class_names = next(iter(per_fold.values()))['class_names']
+    summary: dict = {
+        'folds': list(folds),
+        'class_names': class_names,
+        'protocol': next(iter(per_fold.values()))['protocol'],
+    }
+    for which in ('best', 'last'):
+        rows = {f'fold {fold}': results[which]['test'] for fold, results in per_fold.items()}
+        pooled = sum(np.array(row['confusion_matrix']) for row in rows.values())
+        summary[which] = {
+            'per_fold': rows,
+            'epochs': {
+                f'fold {fold}': results[which]['epoch'] for fold, results in per_fold.items()
+            },
+            'pooled': metrics.summarize(pooled, class_names),
+            'mean_over_folds': {
+                'uar': float(np.mean([row['uar'] for row in rows.values()])),
+                'war': float(np.mean([row['war'] for row in rows.values()])),
+            },
+        }
+    return summary
+
+
+def write_summary(workdir: str, summary: dict) -> None:
+    """summary.json, summary.md (Table 4 layout) and one confusion-matrix picture each."""
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+        json.dump(summary, f, indent=2)
+    class_names = summary['class_names']
+    parts = [
+        f'# Cross-validation summary ({len(summary["folds"])} folds)',
+        '',
+        summary['protocol'],
+        '',
+    ]
+    for which in ('best', 'last'):
+        block = summary[which]
+        rows = dict(block['per_fold'])
+        rows['pooled (all folds)'] = block['pooled']
+        parts += [
+            f'## {which} epoch per fold, test split, percent',
+            '',
+            metrics.format_table(rows, class_names),
+            '',
+            f'Mean over folds: UAR {100 * block["mean_over_folds"]["uar"]:.2f}, '
+            f'WAR {100 * block["mean_over_folds"]["war"]:.2f}.',
+            '',
+        ]
+        image = metrics.confusion_matrix_image(
+            np.array(block['pooled']['confusion_matrix']), class_names
+        )
+        Image.fromarray(image).save(os.path.join(workdir, f'confusion_matrix_{which}.png'))
+    with open(os.path.join(workdir, 'summary.md'), 'w') as f:
+        f.write('\n'.join(parts))
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    cli.setup()
+    folds = [int(f) for f in _FOLDS.value]
+    if not _SUMMARIZE_ONLY.value:
+        run_folds(_CONFIG.value, _WORKDIR.value, folds)
+    if jax.process_index() == 0:
+        summary = summarize(_WORKDIR.value, folds)
+        write_summary(_WORKDIR.value, summary)
+        with open(os.path.join(_WORKDIR.value, 'summary.md')) as f:
+            print(f.read())
+
+
+if __name__ == '__main__':
+    app.run(main)

@@ -1,0 +1,59 @@
+"""Train and evaluate Former-DFER.
+
+    python -m former_dfer_jax.main --config=configs/dfew.py --workdir=runs/dfew_fd1 \
+        --config.data.root=/data/DFEW --config.data.fold=1
+
+Re-running the same command in the same workdir resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from former_dfer_jax import cli, metrics, train
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def report(workdir: str) -> str:
+    """The end-of-run summary: per-class / UAR / WAR table and where things are."""
+    with open(os.path.join(workdir, train.RESULTS_FILE)) as f:
+        results = json.load(f)
+    rows = {}
+    if results.get('best'):
+        best = results['best']
+        rows[f'best epoch {best["epoch"]} (on {best["selected_on"]})'] = best['test']
+    if results.get('last'):
+        rows[f'last epoch {results["last"]["epoch"]}'] = results['last']['test']
+    lines = [
+        'Test split, percent:',
+        metrics.format_table(rows, results['class_names']),
+        '',
+        f'Protocol:     {results["protocol"]}',
+        f'Results:      {os.path.join(workdir, train.RESULTS_FILE)}',
+        f'Checkpoints:  {os.path.join(workdir, "checkpoints")} (latest/ and best/)',
+        f'TensorBoard:  tensorboard --logdir {workdir}',
+    ]
+    return '\n'.join(lines)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    cli.setup()
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    if jax.process_index() == 0 and os.path.exists(
+        os.path.join(_WORKDIR.value, train.RESULTS_FILE)
+    ):
+        print(report(_WORKDIR.value), flush=True)
+
+
+if __name__ == '__main__':
+    app.run(main)
