@@ -22,14 +22,6 @@ from PIL import Image
 
 from former_dfer_jax import cli, metrics, train
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory holding fold_1 .. fold_5.')
-_FOLDS = flags.DEFINE_list('folds', ['1', '2', '3', '4', '5'], 'Folds to run.')
-_SUMMARIZE_ONLY = flags.DEFINE_bool(
-    'summarize_only', False, 'Only rebuild the summary from finished folds.'
-)
-flags.mark_flags_as_required(['config', 'workdir'])
-
 
 def fold_dir(workdir: str, fold: int) -> str:
     return os.path.join(workdir, f'fold_{fold}')
@@ -124,19 +116,31 @@ def write_summary(workdir: str, summary: dict) -> None:
         f.write('\n'.join(parts))
 
 
+FLAGS = flags.FLAGS
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     cli.setup()
-    folds = [int(f) for f in _FOLDS.value]
-    if not _SUMMARIZE_ONLY.value:
-        run_folds(_CONFIG.value, _WORKDIR.value, folds)
+    folds = [int(f) for f in FLAGS.folds]
+    if not FLAGS.summarize_only:
+        run_folds(FLAGS.config, FLAGS.workdir, folds)
     if jax.process_index() == 0:
-        summary = summarize(_WORKDIR.value, folds)
-        write_summary(_WORKDIR.value, summary)
-        with open(os.path.join(_WORKDIR.value, 'summary.md')) as f:
+        summary = summarize(FLAGS.workdir, folds)
+        write_summary(FLAGS.workdir, summary)
+        with open(os.path.join(FLAGS.workdir, 'summary.md')) as f:
             print(f.read())
 
 
+def _define_flags() -> None:
+    config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+    flags.DEFINE_string('workdir', None, 'Directory holding fold_1 .. fold_5.')
+    flags.DEFINE_list('folds', ['1', '2', '3', '4', '5'], 'Folds to run.')
+    flags.DEFINE_bool('summarize_only', False, 'Only rebuild the summary from finished folds.')
+    flags.mark_flags_as_required(['config', 'workdir'])
+
+
 if __name__ == '__main__':
+    _define_flags()
     app.run(main)

@@ -20,14 +20,6 @@ from ml_collections import config_flags
 from former_dfer_jax import checkpointing, cli, data, inference, metrics, train
 from former_dfer_jax.models import build_model
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The run directory holding the checkpoints.')
-_CHECKPOINT = flags.DEFINE_string(
-    'checkpoint', 'best', "'best', 'latest', or the path of a run or checkpoint step directory."
-)
-_SPLIT = flags.DEFINE_string('split', 'test', 'test | validation | train')
-flags.mark_flags_as_required(['config', 'workdir'])
-
 
 def evaluate_checkpoint(config, path: str, which: str = 'best', split: str = 'test') -> dict:
     """Metrics of the checkpoint at `path` (run dir + which, or a step dir) on `split`."""
@@ -46,27 +38,39 @@ def evaluate_checkpoint(config, path: str, which: str = 'best', split: str = 'te
     return summary
 
 
+FLAGS = flags.FLAGS
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     cli.setup()
-    choice = _CHECKPOINT.value
+    choice = FLAGS.checkpoint
     if choice in (checkpointing.BEST, checkpointing.LATEST):
-        path, which, tag = _WORKDIR.value, choice, choice
+        path, which, tag = FLAGS.workdir, choice, choice
     else:
         path, which, tag = choice, checkpointing.BEST, 'path'
-    summary = evaluate_checkpoint(_CONFIG.value, path, which, _SPLIT.value)
-    class_names = data.info(_CONFIG.value).class_names
+    summary = evaluate_checkpoint(FLAGS.config, path, which, FLAGS.split)
+    class_names = data.info(FLAGS.config).class_names
     if jax.process_index() == 0:
-        out = os.path.join(_WORKDIR.value, f'eval_{tag}_step{summary["step"]}_{_SPLIT.value}.json')
+        out = os.path.join(FLAGS.workdir, f'eval_{tag}_step{summary["step"]}_{FLAGS.split}.json')
         with open(out, 'w') as f:
             json.dump(summary, f, indent=2)
-        print(
-            f'{_SPLIT.value} split of {summary["checkpoint"]} at step {summary["step"]}, percent:'
-        )
+        print(f'{FLAGS.split} split of {summary["checkpoint"]} at step {summary["step"]}, percent:')
         print(metrics.format_table({tag: summary}, class_names))
         print(f'Written to {out}')
 
 
+def _define_flags() -> None:
+    config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+    flags.DEFINE_string('workdir', None, 'The run directory holding the checkpoints.')
+    flags.DEFINE_string(
+        'checkpoint', 'best', "'best', 'latest', or the path of a run or checkpoint step directory."
+    )
+    flags.DEFINE_string('split', 'test', 'test | validation | train')
+    flags.mark_flags_as_required(['config', 'workdir'])
+
+
 if __name__ == '__main__':
+    _define_flags()
     app.run(main)

@@ -17,10 +17,6 @@ from ml_collections import config_flags
 
 from former_dfer_jax import cli, metrics, train
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
-flags.mark_flags_as_required(['config', 'workdir'])
-
 
 def report(workdir: str) -> str:
     """The end-of-run summary: per-class / UAR / WAR table and where things are."""
@@ -32,8 +28,13 @@ def report(workdir: str) -> str:
         rows[f'best epoch {best["epoch"]} (on {best["selected_on"]})'] = best['test']
     if results.get('last'):
         rows[f'last epoch {results["last"]["epoch"]}'] = results['last']['test']
+    status = (
+        'finished'
+        if results.get('finished')
+        else ('stopped before the last epoch: run the same command again to resume')
+    )
     lines = [
-        'Test split, percent:',
+        f'Run {status}. Test split, percent:',
         metrics.format_table(rows, results['class_names']),
         '',
         f'Protocol:     {results["protocol"]}',
@@ -44,16 +45,24 @@ def report(workdir: str) -> str:
     return '\n'.join(lines)
 
 
+FLAGS = flags.FLAGS
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     cli.setup()
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    if jax.process_index() == 0 and os.path.exists(
-        os.path.join(_WORKDIR.value, train.RESULTS_FILE)
-    ):
-        print(report(_WORKDIR.value), flush=True)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if jax.process_index() == 0 and os.path.exists(os.path.join(FLAGS.workdir, train.RESULTS_FILE)):
+        print(report(FLAGS.workdir), flush=True)
+
+
+def _define_flags() -> None:
+    config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+    flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
+    flags.mark_flags_as_required(['config', 'workdir'])
 
 
 if __name__ == '__main__':
+    _define_flags()
     app.run(main)

@@ -36,6 +36,14 @@ def pytest_unconfigure(config):
         shutil.rmtree(os.environ.pop(RUN_DIR_ENV), ignore_errors=True)
 
 
+@pytest.fixture(scope='session')
+def tiny_run(tmp_path_factory):
+    """A finished tiny training run (config, workdir, final state), one per test worker."""
+    from tests.tiny import train_tiny_run
+
+    return train_tiny_run(str(tmp_path_factory.mktemp('tiny_run')))
+
+
 FRAME_STEP = 4  # frame t of a fixture clip has red = FRAME_STEP * t (t < 64)
 
 

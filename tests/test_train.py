@@ -16,21 +16,17 @@ import pytest
 from flax import nnx
 
 from former_dfer_jax import checkpointing, inference, train
+from tests.tiny import TINY_RUN_EPOCHS as EPOCHS
 from tests.tiny import tiny_config
-
-EPOCHS = 2
 
 
 def _params(state) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree.leaves(nnx.merge_state(state.params, state.rest))]
 
 
-@pytest.fixture(scope='module')
-def finished_run(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp('run'))
-    config = tiny_config(num_epochs=EPOCHS)
-    state = train.train_and_evaluate(config, workdir)
-    return config, workdir, state
+@pytest.fixture
+def finished_run(tiny_run):
+    return tiny_run
 
 
 def test_a_run_trains_every_step_and_writes_results_checkpoints_and_logs(finished_run):
@@ -126,18 +122,6 @@ def test_fine_tuning_can_reinitialise_the_classifier_for_a_new_class_count(finis
     with pytest.raises(train.TrainingError, match='reinit_classifier'):
         train.train_and_evaluate(config, str(tmp_path / 'refused'))
     del config
-
-
-def test_load_model_returns_an_eval_mode_model_giving_logits(finished_run):
-    config, workdir, state = finished_run
-    model = inference.load_model(workdir)
-    size = config.data.image_size
-    frames = config.data.num_segments * config.data.segment_length
-    video = np.random.default_rng(0).random((2, frames, size, size, 3), np.float32)
-    logits = model(video)
-    assert logits.shape == (2, 7)
-    np.testing.assert_allclose(logits, model(video))  # eval mode: no statistics update
-    del state
 
 
 def test_stop_request_turns_sigterm_into_a_flag():

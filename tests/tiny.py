@@ -2,8 +2,10 @@
 (35 clips, 5 folds x 7 classes), 4-frame clips of 32x32, depth-1 encoders, batch 4."""
 
 import ml_collections
+import numpy as np
 
 from configs import synthetic
+from former_dfer_jax import steps, train
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
@@ -27,3 +29,19 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
     for key, value in overrides.items():
         config[key] = value
     return config
+
+
+TINY_RUN_EPOCHS = 2
+
+
+def train_tiny_run(workdir: str) -> tuple[ml_collections.ConfigDict, str, steps.TrainState]:
+    """A finished 2-epoch tiny run in `workdir`: (config, workdir, final state)."""
+    config = tiny_config(num_epochs=TINY_RUN_EPOCHS)
+    return config, workdir, train.train_and_evaluate(config, workdir)
+
+
+def random_clips(config: ml_collections.ConfigDict, batch: int, seed: int = 0) -> np.ndarray:
+    """Random clips of the config's shape, values in [0, 1]."""
+    size = config.data.image_size
+    frames = config.data.num_segments * config.data.segment_length
+    return np.random.default_rng(seed).random((batch, frames, size, size, 3), np.float32)
