@@ -34,28 +34,27 @@ MULTIHOST = flags.DEFINE_bool(
 _CLUSTER_ENV = ('SLURM_JOB_ID', 'OMPI_COMM_WORLD_SIZE')
 
 
-def initialize_from_flags() -> None:
-    """Calls `jax.distributed.initialize` when a multi-process run is asked for."""
-    address = COORDINATOR.value or os.environ.get('JAX_COORDINATOR_ADDRESS')
-    num = NUM_PROCESSES.value or _int_env('JAX_NUM_PROCESSES')
-    pid = PROCESS_ID.value if PROCESS_ID.value is not None else _int_env('JAX_PROCESS_ID')
-    if address:
-        if num is None or pid is None:
-            raise ValueError(
-                '--coordinator_address needs --num_processes and --process_id '
-                '(or JAX_NUM_PROCESSES / JAX_PROCESS_ID)'
-            )
-        _use_gloo_on_cpu()
-        jax.distributed.initialize(address, num_processes=num, process_id=pid)
-    elif MULTIHOST.value:
-        _use_gloo_on_cpu()
-        jax.distributed.initialize()  # auto-detected cluster
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Joins a multi-process run: with a coordinator address, as process `process_id` of
+    `num_processes`; without one, as the cluster environment says (SLURM, MPI, ...)."""
+    if coordinator_address and (num_processes is None or process_id is None):
+        raise ValueError(
+            'a coordinator address needs num_processes and process_id (--num_processes and '
+            '--process_id, or JAX_NUM_PROCESSES and JAX_PROCESS_ID)'
+        )
+    # CPU-only multi-process runs (tests, CPU clusters) need a cross-process collective
+    # implementation; GPUs use NCCL whatever this says.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    if coordinator_address:
+        jax.distributed.initialize(
+            coordinator_address, num_processes=num_processes, process_id=process_id
+        )
     else:
-        if any(name in os.environ for name in _CLUSTER_ENV):
-            logging.info(
-                'A cluster environment is set but --multihost is not: running as a single process.'
-            )
-        return
+        jax.distributed.initialize()  # auto-detected cluster
     logging.info(
         'jax.distributed: process %d of %d, %d local / %d global devices.',
         jax.process_index(),
@@ -65,10 +64,17 @@ def initialize_from_flags() -> None:
     )
 
 
-def _use_gloo_on_cpu() -> None:
-    # CPU-only multi-process runs (tests, CPU clusters) need a cross-process collective
-    # implementation; GPUs use NCCL regardless of this setting.
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+def initialize_from_flags() -> None:
+    """Calls `initialize` when the flags or the environment ask for several processes."""
+    address = COORDINATOR.value or os.environ.get('JAX_COORDINATOR_ADDRESS')
+    num = NUM_PROCESSES.value or _int_env('JAX_NUM_PROCESSES')
+    pid = PROCESS_ID.value if PROCESS_ID.value is not None else _int_env('JAX_PROCESS_ID')
+    if address:
+        initialize(address, num, pid)
+    elif MULTIHOST.value:
+        initialize()
+    elif any(name in os.environ for name in _CLUSTER_ENV):
+        logging.info('A cluster environment is set but --multihost is not: running as one process.')
 
 
 def _int_env(name: str) -> int | None:
