@@ -12,6 +12,7 @@ from former_dfer_jax import steps
 def _opt_config(**overrides):
     config = ml_collections.ConfigDict(
         dict(
+            name='sgd',
             learning_rate=0.1,
             momentum=0.9,
             weight_decay=1e-2,
@@ -69,3 +70,29 @@ def test_cross_entropy_is_mean_negative_log_likelihood():
     labels = jnp.array([0, 1])
     expected = (-np.log(np.exp(2) / (np.exp(2) + 1)) + np.log(2)) / 2
     assert float(steps.cross_entropy(logits, labels)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_adamw_matches_torch_adamw():
+    torch = pytest.importorskip('torch')
+    config = _opt_config(name='adamw', learning_rate=0.01)
+    rng = np.random.default_rng(1)
+    w0 = rng.normal(size=(4,)).astype(np.float32)
+    grads = [rng.normal(size=(4,)).astype(np.float32) for _ in range(5)]
+    w_t = torch.nn.Parameter(torch.tensor(w0))
+    opt = torch.optim.AdamW([w_t], lr=config.learning_rate, weight_decay=config.weight_decay)
+    for g in grads:
+        opt.zero_grad()
+        w_t.grad = torch.tensor(g)
+        opt.step()
+    tx = steps.make_optimizer(config, steps.step_decay_schedule(config, steps_per_epoch=100))
+    w = jnp.asarray(w0)
+    state = tx.init(w)
+    for g in grads:
+        updates, state = tx.update(jnp.asarray(g), state, w)
+        w = optax.apply_updates(w, updates)
+    np.testing.assert_allclose(np.asarray(w), w_t.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_an_unknown_optimizer_is_named():
+    with pytest.raises(ValueError, match=r"optimizer\.name='adam'"):
+        steps.make_optimizer(_opt_config(name='adam'), lambda count: 0.1)

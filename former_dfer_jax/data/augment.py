@@ -31,11 +31,16 @@ ASPECT_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 CROP_DRAWS = 5 * CROP_TRIES + 2  # per try: area, aspect, swap, x, y; fallback: x, y
 
 
-def random_crop_window(height: int, width: int, draws: np.ndarray) -> tuple[int, int, int, int]:
-    """(y, x, h, w) of the reference's random-sized crop, from CROP_DRAWS uniforms in [0, 1)."""
+def random_crop_window(
+    height: int, width: int, draws: np.ndarray, area_range: tuple[float, float] = AREA_RANGE
+) -> tuple[int, int, int, int]:
+    """(y, x, h, w) of the reference's random-sized crop, from CROP_DRAWS uniforms in [0, 1).
+
+    `area_range` is the crop's fraction of the frame area (the reference's 0.08..1).
+    """
     tries = np.asarray(draws[: 5 * CROP_TRIES], np.float64).reshape(CROP_TRIES, 5)
     for u_area, u_aspect, u_swap, u_x, u_y in tries:
-        area = height * width * (AREA_RANGE[0] + (AREA_RANGE[1] - AREA_RANGE[0]) * u_area)
+        area = height * width * (area_range[0] + (area_range[1] - area_range[0]) * u_area)
         aspect = ASPECT_RANGE[0] + (ASPECT_RANGE[1] - ASPECT_RANGE[0]) * u_aspect
         w = round(math.sqrt(area * aspect))
         h = round(math.sqrt(area / aspect))

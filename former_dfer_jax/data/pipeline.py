@@ -205,10 +205,11 @@ def clip_plans(
     rng = np.random.default_rng([int(config.seed), epoch, _CLIP_DRAWS_STREAM])
     draws = rng.random((len(num_frames), U + augment.CROP_DRAWS + 1))
     heights, widths = meta['heights'], meta['widths']
+    area_range = (float(config.data.crop_area_min), 1.0)
     for k, i in enumerate(record_ids):
         row = draws[i]
         frames[k] = sampling.sample_frame_indices(num_frames[i], U, V, train=True, u=row[:U])
-        windows[k] = augment.random_crop_window(heights[i], widths[i], row[U:-1])
+        windows[k] = augment.random_crop_window(heights[i], widths[i], row[U:-1], area_range)
         flips[k] = row[-1] < 0.5
     return {'frames': frames, 'windows': windows, 'flips': flips}
 
