@@ -57,6 +57,21 @@ def test_windows_fit_and_follow_the_distribution():
             assert 0.45 < np.mean(fractions) < 0.6  # E[U(0.08, 1)] = 0.54, minus misses
 
 
+def test_a_larger_minimum_area_gives_larger_windows():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        draws = rng.random(augment.CROP_DRAWS)
+        _, _, h, w = augment.random_crop_window(256, 256, draws, area_range=(0.6, 1.0))
+        assert h * w >= 0.59 * 256 * 256
+    # Area 1: the window is the whole frame (a try that rounds to it, or the fallback).
+    assert augment.random_crop_window(64, 64, rng.random(augment.CROP_DRAWS), (1.0, 1.0)) == (
+        0,
+        0,
+        64,
+        64,
+    )
+
+
 def jpeg(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format='JPEG', quality=95)
