@@ -139,8 +139,12 @@ class RunCheckpoints:
             optimizer=ocp.args.StandardSave(optimizer_state),
             meta=ocp.args.JsonSave(meta),
         )
+        # One manager's async save at a time: across processes, two managers finishing
+        # together collide on Orbax's shared barrier names.
+        self.best.wait_until_finished()
         self.latest.save(step, args=args, force=True)
         if best_value is not None:
+            self.latest.wait_until_finished()
             self.best.save(step, args=args, metrics={'value': float(best_value)}, force=True)
 
     def best_value(self) -> float | None:
