@@ -29,6 +29,10 @@ def pytest_configure(config):
     os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(run_dir, 'xla'))
     os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
     os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+    # The XLA flags the command-line tools set (a speed choice; results are the same).
+    from former_dfer_jax import xla_flags
+
+    xla_flags.set_xla_flags()
 
 
 def pytest_unconfigure(config):

@@ -12,6 +12,7 @@ from flax import nnx
 from jax import lax
 from jax.typing import DTypeLike
 
+from former_dfer_jax.models import conv as conv_ops
 from former_dfer_jax.models.layers import KAIMING_NORMAL_FAN_OUT
 
 STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}  # BasicBlocks per stage
@@ -74,7 +75,10 @@ def conv(
     dtype: DTypeLike,
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
-    """A bias-free NHWC convolution with symmetric explicit padding, kaiming-normal init."""
+    """A bias-free NHWC convolution with symmetric explicit padding, kaiming-normal init.
+
+    On CPU it runs through `models.conv` (see there); elsewhere it is plain lax.
+    """
     return nnx.Conv(
         in_channels,
         out_channels,
@@ -85,20 +89,15 @@ def conv(
         dtype=dtype,
         param_dtype=jnp.float32,
         kernel_init=KAIMING_NORMAL_FAN_OUT,
+        # lax.conv_general_dilated, with faster paths on XLA:CPU (same results).
+        conv_general_dilated=conv_ops.conv_general_dilated,
         rngs=rngs,
     )
 
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
     """nn.MaxPool2d(3, stride=2, padding=1): the padding never wins (it is -inf)."""
-    return lax.reduce_window(
-        x,
-        -jnp.inf,  # a Python scalar: lets JAX use the differentiable max monoid
-        lax.max,
-        window_dimensions=(1, 3, 3, 1),
-        window_strides=(1, 2, 2, 1),
-        padding=((0, 0), (1, 1), (1, 1), (0, 0)),
-    )
+    return conv_ops.max_pool(x, 3, 2, 1)
 
 
 def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:

@@ -1,0 +1,266 @@
+"""Throughput of the train step, the eval step or the input pipeline, one JSON line each.
+
+    python -m former_dfer_jax.benchmark --what=train --config=configs/default.py \
+        --config.data.image_size=48 --batch_size=8 --steps=10 --warmup=2
+    python -m former_dfer_jax.benchmark --what=eval --config=configs/dfew.py --batch_size=32,64
+    python -m former_dfer_jax.benchmark --what=input --config=configs/dfew.py \
+        --config.data.root=/data/DFEW
+
+`train` and `eval` time the jitted `steps.train_step` / `steps.eval_step` (as training
+runs them: the train state donated) on random clips of the config's shapes, so they need
+no dataset. Each timed step waits for its result. Reported per setting: clips/s, the step
+time (median, min, max, 10th / 90th percentiles), compile time, clips per CPU-second
+(comparable when other jobs share the machine), peak memory (host RSS on CPU, the device's
+peak bytes in use on GPUs), XLA's FLOP count of the step and the GFLOP/s it achieves, and
+the model FLOP utilisation where the device's peak is known. `input` wraps
+`former_dfer_jax.data.benchmark.benchmark_input` (it needs the dataset).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import resource
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from former_dfer_jax import cli, steps
+from former_dfer_jax.models import build_model
+
+WHATS = ('train', 'eval', 'input')
+
+# Dense peak TFLOP/s by device kind (prefix match): (bfloat16 tensor core, float32 non-tensor).
+# Float32 matmuls on these GPUs may run as TF32 under JAX's default precision, so a float32
+# utilisation against the plain float32 peak can exceed 1; it is reported as measured.
+PEAK_TFLOPS = {
+    'NVIDIA H100 80GB HBM3': (989.0, 67.0),  # SXM
+    'NVIDIA H100 PCIe': (756.0, 51.0),
+    'NVIDIA H100': (989.0, 67.0),
+    'NVIDIA H200': (989.0, 67.0),
+}
+
+
+def peak_flops(device: jax.Device, compute_dtype: str) -> float | None:
+    """The device's dense peak FLOP/s for the compute dtype, or None where unknown (CPUs)."""
+    kind = getattr(device, 'device_kind', '')
+    for prefix in sorted(PEAK_TFLOPS, key=len, reverse=True):
+        if kind.startswith(prefix):
+            bf16, fp32 = PEAK_TFLOPS[prefix]
+            return (bf16 if compute_dtype == 'bfloat16' else fp32) * 1e12
+    return None
+
+
+def _peak_memory(device: jax.Device) -> dict[str, Any]:
+    if device.platform == 'cpu':
+        # ru_maxrss is in KiB on Linux: the process's peak, compilation included.
+        return {'peak_host_rss_bytes': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    stats = device.memory_stats() or {}
+    return {'peak_device_bytes': stats.get('peak_bytes_in_use')}
+
+
+def _random_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int) -> dict:
+    model = config.model
+    shape = (batch_size, model.num_frames, model.image_size, model.image_size, 3)
+    rng = np.random.default_rng(seed)
+    return {
+        'video': jnp.asarray(rng.random(shape, np.float32)),
+        'label': jnp.asarray(rng.integers(0, model.num_classes, batch_size), jnp.int32),
+        'mask': jnp.ones((batch_size,), bool),
+    }
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def benchmark_step(
+    config: ml_collections.ConfigDict,
+    *,
+    what: str = 'train',
+    batch_size: int | None = None,
+    steps_timed: int = 10,
+    warmup: int = 2,
+) -> dict[str, Any]:
+    """Times `steps_timed` calls of the jitted train or eval step after `warmup` calls.
+
+    The batch is random clips of the config's shapes; `batch_size` defaults to
+    config.batch_size (train) or config.eval_batch_size (eval). Runs on the default device.
+    """
+    if what not in ('train', 'eval'):
+        raise ValueError(f'what={what!r}: expected train or eval')
+    if steps_timed < 1 or warmup < 0:
+        raise ValueError('need steps >= 1 and warmup >= 0')
+    if batch_size is None:
+        batch_size = config.batch_size if what == 'train' else config.eval_batch_size
+    device = jax.devices()[0]
+    model = build_model(config.model, rngs=nnx.Rngs(config.seed))
+    schedule = steps.step_decay_schedule(config.optimizer, 100)
+    tx = steps.make_optimizer(config.optimizer, schedule)
+    state = steps.init_train_state(model, tx)
+    del model
+    batch = _random_batch(config, batch_size, config.seed)
+
+    if what == 'train':
+        batch.pop('mask')
+        jitted = jax.jit(
+            functools.partial(steps.train_step, tx=tx, schedule=schedule), donate_argnums=0
+        )
+        args = (state, batch)
+    else:
+        jitted = jax.jit(
+            functools.partial(
+                steps.eval_step,
+                graphdef=state.eval_graphdef,
+                num_classes=config.model.num_classes,
+            )
+        )
+        args = (state.params, state.rest, batch)
+
+    start = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list | tuple):  # older jax: one dict per computation
+        cost = cost[0]
+    step_flops = float((cost or {}).get('flops', 0.0)) or None
+
+    def run(args):
+        if what == 'train':
+            new_state, metrics = compiled(*args)
+            jax.block_until_ready(metrics)
+            return (new_state, args[1])
+        jax.block_until_ready(compiled(*args))
+        return args
+
+    for _ in range(warmup):
+        args = run(args)
+    times = []
+    cpu_start = time.process_time()
+    for _ in range(steps_timed):
+        start = time.perf_counter()
+        args = run(args)
+        times.append(time.perf_counter() - start)
+    cpu_s = time.process_time() - cpu_start
+    wall_s = sum(times)
+    median = statistics.median(times)
+    clips = batch_size * steps_timed
+    peak = peak_flops(device, config.model.compute_dtype)
+    achieved = step_flops / median if step_flops else None
+    return {
+        'what': what,
+        'batch_size': batch_size,
+        'num_frames': int(config.model.num_frames),
+        'image_size': int(config.model.image_size),
+        'compute_dtype': config.model.compute_dtype,
+        'clips_per_s': batch_size / median,
+        'clips_per_cpu_s': clips / cpu_s if cpu_s > 0 else None,
+        'step_s_median': median,
+        'step_s_min': min(times),
+        'step_s_max': max(times),
+        'step_s_p10': _percentile(times, 10),
+        'step_s_p90': _percentile(times, 90),
+        'steps': steps_timed,
+        'warmup': warmup,
+        'wall_s': wall_s,
+        'cpu_s': cpu_s,
+        'compile_s': compile_s,
+        'step_gflops': step_flops / 1e9 if step_flops else None,
+        'achieved_gflops_per_s': achieved / 1e9 if achieved else None,
+        'peak_gflops_per_s': peak / 1e9 if peak else None,
+        'mfu': achieved / peak if achieved and peak else None,
+        **_peak_memory(device),
+        'device': getattr(device, 'device_kind', device.platform),
+        'platform': device.platform,
+        'num_devices': jax.device_count(),
+        'cpu_count': os.cpu_count(),
+        'load_avg_1m': os.getloadavg()[0],
+        'xla_flags': os.environ.get('XLA_FLAGS', ''),
+        'jax_version': jax.__version__,
+    }
+
+
+def benchmark_input(
+    config: ml_collections.ConfigDict, *, batch_size: int | None, steps_timed: int, warmup: int
+) -> dict[str, Any]:
+    from former_dfer_jax.data import benchmark as data_benchmark
+
+    if batch_size is not None:
+        config.batch_size = batch_size
+    return data_benchmark.benchmark_input(config, num_batches=steps_timed, warmup=warmup)
+
+
+def parse_batch_sizes(values: Sequence[str] | None) -> list[int | None]:
+    """['4', '8,16'] -> [4, 8, 16]; none given -> [None] (the config's batch size)."""
+    sizes: list[int | None] = []
+    for value in values or ():
+        for part in str(value).split(','):
+            if part.strip():
+                size = int(part)
+                if size < 1:
+                    raise ValueError(f'batch size {size}: expected >= 1')
+                sizes.append(size)
+    return sizes or [None]
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    what: str,
+    batch_sizes: Sequence[int | None],
+    steps_timed: int,
+    warmup: int,
+) -> list[dict[str, Any]]:
+    """One result per batch size, each printed as a JSON line as soon as it is measured."""
+    if what not in WHATS:
+        raise ValueError(f'what={what!r}: expected one of {WHATS}')
+    results = []
+    for batch_size in batch_sizes:
+        if what == 'input':
+            result = benchmark_input(
+                config, batch_size=batch_size, steps_timed=steps_timed, warmup=warmup
+            )
+        else:
+            result = benchmark_step(
+                config, what=what, batch_size=batch_size, steps_timed=steps_timed, warmup=warmup
+            )
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    return results
+
+
+def main(argv: list[str]) -> None:
+    from absl import app
+
+    if len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    cli.setup()
+    config = _CONFIG.value
+    if config is None:
+        from configs import default
+
+        config = default.get_config()
+    run(config, _WHAT.value, parse_batch_sizes(_BATCH_SIZE.value), _STEPS.value, _WARMUP.value)
+
+
+if __name__ == '__main__':
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    _CONFIG = config_flags.DEFINE_config_file(
+        'config', None, 'Config file (default: configs/default.py).', lock_config=True
+    )
+    _WHAT = flags.DEFINE_enum('what', 'train', WHATS, 'What to time.')
+    _BATCH_SIZE = flags.DEFINE_multi_string(
+        'batch_size', None, 'Batch size(s): repeat the flag or give a comma list.'
+    )
+    _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (input: timed batches).')
+    _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
+    app.run(main)
