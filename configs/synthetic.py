@@ -22,23 +22,30 @@ def get_config() -> ml_collections.ConfigDict:
     data.name = 'synthetic'
     data.root = ''  # '' = generate into the cache dir (from data.synthetic below)
     data.fold = 1  # the synthetic set has DFEW's 5 folds
-    data.image_size = 48  # frames fed to the model (shared with model.image_size)
+    data.image_size = 32  # frames fed to the model (shared with model.image_size)
+    # Random-resized crops of 8% of a 32-pixel face leave a few pixels of it: keep whole
+    # frames (and the random flip) so the short CPU run learns the dynamics.
+    data.crop_area_min = 1.0
 
     # Every key is a keyword argument of synthetic.generate_dataset; changing any of them
     # generates (and prepares) a new dataset.
     data.synthetic = synthetic = ml_collections.ConfigDict()
-    synthetic.num_clips = 700  # 100 per class; each fold tests 140 and trains on 560
-    synthetic.image_size = 48  # frames are drawn and stored at this size
+    synthetic.num_clips = 420  # 60 per class; each fold tests 84 and trains on 336
+    synthetic.image_size = 32  # frames are drawn and stored at this size
     synthetic.seed = 0
     synthetic.min_frames = 12  # clip lengths are DFEW-like (right-skewed), squeezed into
     synthetic.max_frames = 48  # [min_frames, max_frames]: ~27 frames on average
     synthetic.imbalance = False  # True: DFEW's class frequencies (disgust rare)
     synthetic.difficulty = 1.0  # nuisance strength: 0 none .. 1 default .. 2
 
-    # Training: first draft for 2 CPU cores (to be tuned).
-    config.batch_size = 16
-    config.eval_batch_size = 32
-    config.num_epochs = 15
-    config.optimizer.lr_decay_every_epochs = 10
-    config.log_every_steps = 10
+    # Training: the full model (unchanged architecture, 16 frames) from scratch on 2 CPU
+    # cores in about 10 minutes. The reference's SGD (lr 0.01) stays at chance level for
+    # the 6 epochs we measured and diverges at lr >= 0.02; AdamW learns within the budget.
+    config.optimizer.name = 'adamw'
+    config.optimizer.learning_rate = 3e-4
+    config.optimizer.lr_decay_every_epochs = 9
+    config.batch_size = 8
+    config.eval_batch_size = 28
+    config.num_epochs = 13
+    config.log_every_steps = 14
     return config

@@ -23,6 +23,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
     config.eval_batch_size = 4
     config.num_epochs = 1
     config.log_every_steps = 2
+    config.optimizer.name = 'sgd'
     config.optimizer.learning_rate = 0.01
     config.optimizer.lr_decay_every_epochs = 100
     config.checkpoint.keep_latest = 2
