@@ -21,8 +21,11 @@ def get_config() -> ml_collections.ConfigDict:
     # the dataset's own split files; the lists' absolute prefix is rewritten to data.root.
     data.annotation_dir = ''
     data.annotation_prefix = ''
-    # Frames are stored at this size at prepare time; 0 keeps the files' own size.
-    data.stored_frame_size = 0
+    # Frames are stored with their shorter side resized to this at prepare time (never
+    # enlarged); 0 keeps the files as they are. 112 feeds the train pipeline ~4x faster
+    # than the reference's loader on 2 cores (2.8x faster than keeping 256x256 originals);
+    # 0 gives the reference's exact crops. See data/README.md, "Throughput".
+    data.stored_frame_size = 112
     image_size = ml_collections.FieldReference(112)
     data.image_size = image_size  # frames fed to the model are image_size x image_size
     num_segments = ml_collections.FieldReference(8)

@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Random-resized crops of 8% of a 32-pixel face leave a few pixels of it: keep whole
     # frames (and the random flip) so the short CPU run learns the dynamics.
     data.crop_area_min = 1.0
+    data.stored_frame_size = 0  # frames are drawn at their final size
 
     # Every key is a keyword argument of synthetic.generate_dataset; changing any of them
     # generates (and prepares) a new dataset.

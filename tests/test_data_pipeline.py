@@ -22,6 +22,7 @@ def config(tmp_path_factory, raw_data):
     config.data.root = str(root)
     config.data.cache_dir = str(tmp_path_factory.mktemp('cache'))
     config.data.image_size = 16
+    config.data.stored_frame_size = 0
     config.batch_size = 4
     config.eval_batch_size = 4
     prepare(config, progress=False)

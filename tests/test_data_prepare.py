@@ -25,6 +25,7 @@ def make_config(root, cache, **data):
     config.data.image_size = 16
     config.batch_size = 2
     config.eval_batch_size = 2
+    config.data.stored_frame_size = 0  # the files as they are, unless a test says otherwise
     config.data.update(data)
     return config
 
@@ -235,7 +236,7 @@ def test_command_line(tmp_path, raw_data):
         check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f'dfew: {tmp_path}/cache/tfds/former_dfer/dfew/1.0.0' in result.stdout
+    assert f'dfew_f112: {tmp_path}/cache/tfds/former_dfer/dfew_f112/1.0.0' in result.stdout
     assert '2 clips OK, 0 skipped.' in result.stdout
 
 
