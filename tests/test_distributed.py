@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests.tiny import env_with_devices
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _WORKER = """
@@ -44,7 +46,7 @@ def _params(path) -> list[np.ndarray]:
 
 def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
     address = f'127.0.0.1:{_free_port()}'
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+    env = env_with_devices(1)
     workers = [
         subprocess.Popen(
             [
@@ -68,7 +70,7 @@ def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
         for w in workers:
             w.kill()
     assert codes == [0, 0]
-    single_env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+    single_env = env_with_devices(2)
     subprocess.run(
         [
             sys.executable,

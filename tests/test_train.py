@@ -17,7 +17,7 @@ from flax import nnx
 
 from former_dfer_jax import checkpointing, inference, train
 from tests.tiny import TINY_RUN_EPOCHS as EPOCHS
-from tests.tiny import tiny_config
+from tests.tiny import env_with_devices, tiny_config
 
 
 def _params(state) -> list[np.ndarray]:
@@ -168,7 +168,7 @@ def _train_on(devices: int, tmp_path) -> tuple[np.ndarray, list[np.ndarray]]:
     """Per-step losses and final parameters of one tiny epoch on `devices` host devices
     (in a fresh process: the device count is fixed when JAX starts)."""
     out = tmp_path / f'devices_{devices}.npz'
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+    env = env_with_devices(devices)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run(
         [sys.executable, '-c', _DATA_PARALLEL_SCRIPT, str(out), str(devices)],

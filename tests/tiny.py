@@ -1,6 +1,8 @@
 """A tiny but complete training config for tests: the synthetic dataset at its smallest
 (35 clips, 5 folds x 7 classes), 4-frame clips of 32x32, depth-1 encoders, batch 4."""
 
+import os
+
 import ml_collections
 import numpy as np
 
@@ -46,3 +48,10 @@ def random_clips(config: ml_collections.ConfigDict, batch: int, seed: int = 0) -
     size = config.data.image_size
     frames = config.data.num_segments * config.data.segment_length
     return np.random.default_rng(seed).random((batch, frames, size, size, 3), np.float32)
+
+
+def env_with_devices(devices: int) -> dict[str, str]:
+    """os.environ for a subprocess with `devices` CPU devices, keeping the XLA flags the
+    project sets (another convolution algorithm would change the last bits)."""
+    flags = os.environ.get('XLA_FLAGS', '')
+    return dict(os.environ, XLA_FLAGS=f'{flags} --xla_force_host_platform_device_count={devices}')
