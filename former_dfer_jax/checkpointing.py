@@ -139,12 +139,16 @@ class RunCheckpoints:
             optimizer=ocp.args.StandardSave(optimizer_state),
             meta=ocp.args.JsonSave(meta),
         )
-        # One manager's async save at a time: across processes, two managers finishing
-        # together collide on Orbax's shared barrier names.
-        self.best.wait_until_finished()
+        # Across processes, two managers finishing async saves together collide on
+        # Orbax's shared barrier names: there, one manager's save at a time. A single
+        # process keeps both in flight, overlapping with training.
+        one_at_a_time = jax.process_count() > 1
+        if one_at_a_time:
+            self.best.wait_until_finished()
         self.latest.save(step, args=args, force=True)
         if best_value is not None:
-            self.latest.wait_until_finished()
+            if one_at_a_time:
+                self.latest.wait_until_finished()
             self.best.save(step, args=args, metrics={'value': float(best_value)}, force=True)
 
     def best_value(self) -> float | None:
