@@ -44,14 +44,15 @@ Padding = tuple[tuple[int, int], tuple[int, int]]
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
-def _out_size(size: int, kernel: int, stride: int, padding: tuple[int, int]) -> int:
+def out_size(size: int, kernel: int, stride: int, padding: tuple[int, int]) -> int:
+    """Output length of a convolution or pooling window along one axis."""
     return (size + padding[0] + padding[1] - kernel) // stride + 1
 
 
 def live_taps(size: int, kernel: int, stride: int, padding: tuple[int, int]) -> tuple[int, int]:
     """[first, last + 1) of the kernel taps along one axis that read at least one input
     element (not padding) for some output position."""
-    out = _out_size(size, kernel, stride, padding)
+    out = out_size(size, kernel, stride, padding)
     live = [
         tap
         for tap in range(kernel)
@@ -69,8 +70,8 @@ def extract_patches(
     HWIO kernel flattens. Padding may be negative (crops), as in lax.conv."""
     n, h, w, c = x.shape
     (kh, kw), (sh, sw) = kernel_hw, strides
-    ho = _out_size(h, kh, sh, padding[0])
-    wo = _out_size(w, kw, sw, padding[1])
+    ho = out_size(h, kh, sh, padding[0])
+    wo = out_size(w, kw, sw, padding[1])
     zero = jnp.zeros((), x.dtype)
     xp = lax.pad(x, zero, ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
     cols = [
@@ -201,8 +202,8 @@ def cpu_conv(
     rows = live_taps(x.shape[1], kh, strides[0], padding[0])
     cols = live_taps(x.shape[2], kw, strides[1], padding[1])
     if rows != (0, kh) or cols != (0, kw):
-        out_h = _out_size(x.shape[1], kh, strides[0], padding[0])
-        out_w = _out_size(x.shape[2], kw, strides[1], padding[1])
+        out_h = out_size(x.shape[1], kh, strides[0], padding[0])
+        out_w = out_size(x.shape[2], kw, strides[1], padding[1])
         kernel = kernel[rows[0] : rows[1], cols[0] : cols[1]]
         padding = tuple(
             _shifted_padding(size, first, last, stride, pad, out)
@@ -285,7 +286,7 @@ def conv_general_dilated(
 
 def _pool_padding(size: int, kernel: int, stride: int, pad: int) -> tuple[int, int, int]:
     """(output size, low, high) padding so that every output's window is in range."""
-    out = _out_size(size, kernel, stride, (pad, pad))
+    out = out_size(size, kernel, stride, (pad, pad))
     return out, pad, (out - 1) * stride + kernel - size - pad
 
 

@@ -100,19 +100,15 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
     return conv_ops.max_pool(x, 3, 2, 1)
 
 
-def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
 def feature_map_size(image_size: int, stage: str) -> int:
     """Side of the square feature map after `stage` ('stem', 'layer1'..'layer4')."""
-    size = _out_size(image_size, 7, 2, 3)  # conv1
-    size = _out_size(size, 3, 2, 1)  # max-pool
+    size = conv_ops.out_size(image_size, 7, 2, (3, 3))  # conv1
+    size = conv_ops.out_size(size, 3, 2, (1, 1))  # max-pool
     if stage == 'stem':
         return size
     for index, name in enumerate(STAGE_NAMES):
         if index > 0:
-            size = _out_size(size, 3, 2, 1)  # the first 3x3 conv of the stage, stride 2
+            size = conv_ops.out_size(size, 3, 2, (1, 1))  # the stage's first conv, stride 2
         if name == stage:
             return size
     raise ValueError(f'unknown stage {stage!r}; expected stem or one of {STAGE_NAMES}')
