@@ -26,12 +26,14 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from former_dfer_jax.errors import UserError
+
 CONFIG_FILE = 'config.json'
 LATEST = 'latest'
 BEST = 'best'
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used as asked (missing, or of another model)."""
 
 

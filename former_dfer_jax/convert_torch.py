@@ -31,10 +31,11 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from former_dfer_jax.errors import UserError
 from former_dfer_jax.models import FormerDFER, build_model
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """The checkpoint does not fit the model, or is not a readable PyTorch file."""
 
 

@@ -21,20 +21,17 @@ from ml_collections import config_flags
 from PIL import Image
 
 from former_dfer_jax import cli, metrics, train
+from former_dfer_jax.results import RunResults
 
 
 def fold_dir(workdir: str, fold: int) -> str:
     return os.path.join(workdir, f'fold_{fold}')
 
 
-def fold_results(workdir: str, fold: int) -> dict | None:
-    """The fold's results.json if the fold finished, else None."""
-    path = os.path.join(fold_dir(workdir, fold), train.RESULTS_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        results = json.load(f)
-    return results if results.get('finished') else None
+def fold_results(workdir: str, fold: int) -> RunResults | None:
+    """The fold's results if the fold finished, else None."""
+    results = RunResults.read(fold_dir(workdir, fold))
+    return results if results is not None and results.finished else None
 
 
 def run_folds(config, workdir: str, folds: Sequence[int]) -> None:
@@ -61,20 +58,16 @@ def summarize(workdir: str, folds: Sequence[int]) -> dict:
     missing = [fold for fold, results in per_fold.items() if results is None]
     if missing:
         raise ValueError(f'{workdir}: folds {missing} have not finished')
-    class_names = next(iter(per_fold.values()))['class_names']
-    summary: dict = {
-        'folds': list(folds),
-        'class_names': class_names,
-        'protocol': next(iter(per_fold.values()))['protocol'],
-    }
+    first = next(iter(per_fold.values()))
+    class_names = first.class_names
+    summary: dict = {'folds': list(folds), 'class_names': class_names, 'protocol': first.protocol}
     for which in ('best', 'last'):
-        rows = {f'fold {fold}': results[which]['test'] for fold, results in per_fold.items()}
+        chosen = {fold: getattr(results, which) for fold, results in per_fold.items()}
+        rows = {f'fold {fold}': epoch.test for fold, epoch in chosen.items()}
         pooled = sum(np.array(row['confusion_matrix']) for row in rows.values())
         summary[which] = {
             'per_fold': rows,
-            'epochs': {
-                f'fold {fold}': results[which]['epoch'] for fold, results in per_fold.items()
-            },
+            'epochs': {f'fold {fold}': epoch.epoch for fold, epoch in chosen.items()},
             'pooled': metrics.summarize(pooled, class_names),
             'mean_over_folds': {
                 'uar': float(np.mean([row['uar'] for row in rows.values()])),

@@ -8,38 +8,35 @@ Re-running the same command in the same workdir resumes from the latest checkpoi
 
 from __future__ import annotations
 
-import json
-import os
-
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
 from former_dfer_jax import cli, metrics, train
+from former_dfer_jax.results import RunResults, results_path
 
 
 def report(workdir: str) -> str:
     """The end-of-run summary: per-class / UAR / WAR table and where things are."""
-    with open(os.path.join(workdir, train.RESULTS_FILE)) as f:
-        results = json.load(f)
+    results = RunResults.read(workdir)
     rows = {}
-    if results.get('best'):
-        best = results['best']
-        rows[f'best epoch {best["epoch"]} (on {best["selected_on"]})'] = best['test']
-    if results.get('last'):
-        rows[f'last epoch {results["last"]["epoch"]}'] = results['last']['test']
+    if results.best:
+        best = results.best
+        rows[f'best epoch {best.epoch} (on {best.selected_on})'] = best.test
+    if results.last:
+        rows[f'last epoch {results.last.epoch}'] = results.last.test
     status = (
         'finished'
-        if results.get('finished')
+        if results.finished
         else ('stopped before the last epoch: run the same command again to resume')
     )
     lines = [
         f'Run {status}. Test split, percent:',
-        metrics.format_table(rows, results['class_names']),
+        metrics.format_table(rows, results.class_names),
         '',
-        f'Protocol:     {results["protocol"]}',
-        f'Results:      {os.path.join(workdir, train.RESULTS_FILE)}',
-        f'Checkpoints:  {os.path.join(workdir, "checkpoints")} (latest/ and best/)',
+        f'Protocol:     {results.protocol}',
+        f'Results:      {results_path(workdir)}',
+        f'Checkpoints:  {workdir}/checkpoints (latest/ and best/)',
         f'TensorBoard:  tensorboard --logdir {workdir}',
     ]
     return '\n'.join(lines)
@@ -53,7 +50,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     cli.setup()
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    if jax.process_index() == 0 and os.path.exists(os.path.join(FLAGS.workdir, train.RESULTS_FILE)):
+    if jax.process_index() == 0 and RunResults.read(FLAGS.workdir) is not None:
         print(report(FLAGS.workdir), flush=True)
 
 

@@ -22,7 +22,7 @@ def cv_workdir(tmp_path_factory):
 def test_every_fold_trains_in_its_own_directory(cv_workdir):
     for fold in FOLDS:
         results = cross_validate.fold_results(cv_workdir, fold)
-        assert results is not None and results['finished']
+        assert results is not None and results.finished
         with open(os.path.join(cross_validate.fold_dir(cv_workdir, fold), 'config.json')) as f:
             assert json.load(f)['data']['fold'] == fold
 

@@ -18,6 +18,8 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from former_dfer_jax.errors import UserError
+
 # The reference code's label order; DFEW's CSVs use 1..7 in the same order.
 CLASS_NAMES: tuple[str, ...] = (
     'happiness',
@@ -66,7 +68,7 @@ _LIST_FILES['synthetic'] = _LIST_FILES['dfew']
 SPLITS = ('train', 'test')
 
 
-class SourceError(Exception):
+class SourceError(UserError):
     """The raw data cannot be used at all (missing root, missing split files...)."""
 
 

@@ -1,0 +1,88 @@
+"""`results.json`: what a training run reports, as one typed structure.
+
+`train` writes it after every epoch; `main`, `evaluate` and `cross_validate` read it
+through `RunResults.read`, never by string keys of their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+RESULTS_FILE = 'results.json'
+
+
+@dataclasses.dataclass
+class EpochResult:
+    """The test metrics of one epoch (`metrics.summarize`), and why it was picked.
+
+    `selected_on` / `selection_value` are set for the best epoch only.
+    """
+
+    epoch: int
+    step: int
+    test: dict[str, Any]
+    selected_on: str | None = None
+    selection_value: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclasses.dataclass
+class RunResults:
+    """A run's protocol, per-epoch history, best and last epochs, and whether it finished."""
+
+    protocol: str
+    selection_split: str  # 'test' (the reference protocol) or 'validation'
+    selection_metric: str  # 'war' | 'uar'
+    class_names: list[str]
+    workdir: str
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    best: EpochResult | None = None
+    last: EpochResult | None = None
+    finished: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out['best'] = self.best.to_dict() if self.best else None
+        out['last'] = self.last.to_dict() if self.last else None
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunResults:
+        values = dict(values)
+        for key in ('best', 'last'):
+            if values.get(key) is not None:
+                values[key] = EpochResult(**values[key])
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunResults:
+        return cls.from_dict(json.loads(text))
+
+    def write(self, workdir: str) -> None:
+        """Writes `workdir/results.json` atomically (never a half-written file)."""
+        path = results_path(workdir)
+        tmp = f'{path}.tmp-{os.getpid()}'
+        with open(tmp, 'w') as f:
+            f.write(self.to_json())
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, workdir: str) -> RunResults | None:
+        """The results of the run in `workdir`, or None before its first epoch ended."""
+        path = results_path(workdir)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return cls.from_json(f.read())
+
+
+def results_path(workdir: str) -> str:
+    return os.path.join(workdir, RESULTS_FILE)
