@@ -9,6 +9,7 @@ from former_dfer_jax.models.former_dfer import (
     ModelSpec,
     SpatialSpec,
     TemporalSpec,
+    build_abstract_model,
     build_model,
     count_parameters,
 )
@@ -18,6 +19,7 @@ __all__ = [
     'ModelSpec',
     'SpatialSpec',
     'TemporalSpec',
+    'build_abstract_model',
     'build_model',
     'count_parameters',
 ]

@@ -199,6 +199,12 @@ def build_model(model_config: Mapping[str, Any], *, rngs: nnx.Rngs) -> FormerDFE
     return FormerDFER(ModelSpec.from_config(model_config), rngs=rngs)
 
 
+def build_abstract_model(model_config: Mapping[str, Any]) -> FormerDFER:
+    """The model's structure with shapes and dtypes only (no weights computed): the
+    target to restore stored weights into."""
+    return nnx.eval_shape(lambda: build_model(model_config, rngs=nnx.Rngs(0)))
+
+
 def count_parameters(model: nnx.Module) -> int:
     """Number of learnable values (nnx.Param; BatchNorm statistics excluded)."""
     return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
