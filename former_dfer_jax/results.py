@@ -45,6 +45,42 @@ class RunResults:
     last: EpochResult | None = None
     finished: bool = False
 
+    def add_epoch(
+        self,
+        epoch: int,
+        step: int,
+        train: dict[str, float],
+        evaluation: dict[str, dict[str, Any]] | None,
+    ) -> bool:
+        """Appends an epoch to the history (train means: loss, accuracy, learning_rate;
+        `evaluation`: split -> `metrics.summarize`, None when the epoch was not
+        evaluated); an evaluated epoch becomes `last`, and `best` when its selection
+        metric beats the best so far. Returns whether it is the new best."""
+        record: dict[str, Any] = {
+            'epoch': epoch,
+            'step': step,
+            'train_loss': train['loss'],
+            'train_accuracy': train['accuracy'],
+            'learning_rate': train['learning_rate'],
+        }
+        for split, summary in (evaluation or {}).items():
+            record[split] = {k: v for k, v in summary.items() if k != 'confusion_matrix'}
+        self.history.append(record)
+        if evaluation is None:
+            return False
+        self.last = EpochResult(epoch, step, evaluation['test'])
+        value = evaluation[self.selection_split][self.selection_metric]
+        if self.best is not None and value <= self.best.selection_value:
+            return False
+        self.best = EpochResult(
+            epoch,
+            step,
+            evaluation['test'],
+            selected_on=f'{self.selection_split} {self.selection_metric}',
+            selection_value=value,
+        )
+        return True
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out['best'] = self.best.to_dict() if self.best else None

@@ -58,16 +58,14 @@ def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.GraphDef, nnx.Stat
 def step_decay_schedule(
     opt_config: ml_collections.ConfigDict, steps_per_epoch: int
 ) -> LearningRateSchedule:
-    """torch StepLR stepped once per epoch: lr * factor ** (epoch // every)."""
-    base = opt_config.learning_rate
-    factor = opt_config.lr_decay_factor
-    every = opt_config.lr_decay_every_epochs
-
-    def schedule(count: jax.Array) -> jax.Array:
-        epoch = count // steps_per_epoch
-        return base * factor ** (epoch // every).astype(jnp.float32)
-
-    return schedule
+    """torch StepLR stepped once per epoch: lr * factor ** (epoch // every), as optax's
+    staircase exponential decay over `every` epochs' worth of steps."""
+    return optax.exponential_decay(
+        init_value=opt_config.learning_rate,
+        transition_steps=opt_config.lr_decay_every_epochs * steps_per_epoch,
+        decay_rate=opt_config.lr_decay_factor,
+        staircase=True,
+    )
 
 
 OPTIMIZERS = ('sgd', 'adamw')

@@ -1,74 +1,62 @@
 """Training and evaluation loop: `train_and_evaluate(config, workdir)`.
 
-Sections, in the order they run: mesh, input, model, optimizer, update step,
-checkpoint (resume / fine-tune), loop (train, evaluate, log, save).
+Sections, in the order they run: set-up (mesh, input, optimizer, state: resume, fine-tune
+or fresh), the jitted steps, logging, then one loop over global steps whose body is a
+flat run of "if it is time to log / evaluate / save / stop" blocks.
 
-A workdir is resumable at any point: the latest checkpoint records the global step, and
+A workdir is resumable at any step: the latest checkpoint records the global step, and
 the input pipeline can restart an epoch at any batch, so a run stopped mid-epoch (SIGTERM,
 SIGINT, preemption) continues with exactly the batches it would have seen.
 """
 
-from __future__ import annotations
-
 import functools
-import json
-import math
+import itertools
 import os
 import signal
-import time
-from collections.abc import Iterator, Mapping
-from typing import Any
+import threading
+from collections.abc import Iterator
+from typing import Any, NamedTuple, Self
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
+from clu import metrics as clu_metrics
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import AxisType, NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from former_dfer_jax import checkpointing, data, metrics, steps
-from former_dfer_jax.models import build_model
-
-RESULTS_FILE = 'results.json'
+from former_dfer_jax import checkpointing, data, evaluate, metrics, sharding, steps
+from former_dfer_jax.errors import UserError
+from former_dfer_jax.models import build_abstract_model, build_model
+from former_dfer_jax.results import RunResults
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError):
     """A run that cannot go on (non-finite loss, incompatible workdir)."""
 
 
-# ---- Mesh -----------------------------------------------------------------------------------
-
-
-def make_mesh() -> jax.sharding.Mesh:
-    """A 1-D ('data',) mesh over every device of every process."""
-    return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(AxisType.Auto,))
-
-
-def global_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-    """This process's rows of a batch -> one array sharded over the global 'data' axis."""
-    return {
-        key: jax.make_array_from_process_local_data(sharding, value)
-        for key, value in batch.items()
-        if key in ('video', 'label', 'mask')
-    }
-
-
-# ---- Preemption -------------------------------------------------------------------------------
+# ---- Stop requests ----------------------------------------------------------------------------
 
 
 class StopRequest:
-    """Turns SIGTERM / SIGINT into a flag the loop polls, so it can save and exit cleanly."""
+    """Turns SIGTERM / SIGINT into a flag the loop reads, so that it saves and exits cleanly.
+
+    Every process must stop at the same step. With several processes the flags are agreed
+    at the loop's sync points only (log and save steps), not by a collective on every
+    step; where JAX's preemption service runs (multi-process `jax.distributed`), its sync
+    point is also read on every step, which needs no collective.
+    """
 
     def __init__(self):
         self._requested = False
         self._previous: dict[int, Any] = {}
+        self._preemption_service = jax.process_count() > 1
 
-    def __enter__(self) -> StopRequest:
-        if threading_is_main():
+    def __enter__(self) -> Self:
+        if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -89,151 +77,215 @@ class StopRequest:
     def request(self) -> None:
         self._requested = True
 
-    def requested(self) -> bool:
-        """True on every process once any process was asked to stop."""
+    def should_stop(self, step: int, *, sync_point: bool) -> bool:
+        """Whether every process stops after `step`; `sync_point`: a step where the
+        processes may agree by a collective."""
         if jax.process_count() == 1:
             return self._requested
-        flags = multihost_utils.process_allgather(np.array(self._requested))
-        return bool(np.any(flags))
+        if self._preemption_service:
+            try:
+                if multihost_utils.reached_preemption_sync_point(step):
+                    return True
+            except RuntimeError:  # the service is off (jax_enable_preemption_service)
+                self._preemption_service = False
+        if not sync_point:
+            return False
+        return bool(np.any(multihost_utils.process_allgather(np.array(self._requested))))
 
 
-def threading_is_main() -> bool:
-    import threading
+# ---- Train metrics ----------------------------------------------------------------------------
 
-    return threading.current_thread() is threading.main_thread()
-
-
-# ---- Results bookkeeping ----------------------------------------------------------------------
+NO_STEP = np.iinfo(np.int32).max
 
 
-def confusion_over_split(
-    eval_fn,
-    params: nnx.State,
-    rest: nnx.State,
-    config: ml_collections.ConfigDict,
-    split: str,
-    batch_sharding: NamedSharding,
-    num_classes: int,
-) -> np.ndarray:
-    """Confusion matrix over every clip of `split` (padding masked out).
+@flax.struct.dataclass
+class FirstNonFiniteStep(clu_metrics.Metric):
+    """The first step whose training loss was not finite (NO_STEP if none was)."""
 
-    `eval_fn(params, rest, batch)` is a jitted `steps.eval_step`.
-    """
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    for batch in data.load(config, split):
-        out = eval_fn(params, rest, global_batch(batch, batch_sharding))
-        confusion += np.asarray(jax.device_get(out['confusion']), np.int64)
-    return confusion
+    step: jax.Array
+
+    @classmethod
+    def from_model_output(cls, *, loss: jax.Array, step: jax.Array, **_) -> Self:
+        return cls(jnp.where(jnp.isfinite(loss), NO_STEP, step).astype(jnp.int32))
+
+    @classmethod
+    def empty(cls) -> Self:
+        return cls(jnp.asarray(NO_STEP, jnp.int32))
+
+    def merge(self, other: Self) -> Self:
+        return type(self)(jnp.minimum(self.step, other.step))
+
+    def compute(self) -> jax.Array:
+        return self.step
 
 
-def evaluate_model(
-    model: nnx.Module, config: ml_collections.ConfigDict, split: str = 'test'
-) -> dict[str, Any]:
-    """UAR / WAR / per-class recall / confusion matrix of `model` on `split`."""
-    mesh = make_mesh()
-    replicated = NamedSharding(mesh, P())
-    info = data.info(config)
-    model.eval()
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    params, rest = jax.device_put((params, rest), replicated)
-    eval_fn = jax.jit(
-        functools.partial(steps.eval_step, graphdef=graphdef, num_classes=info.num_classes),
-        out_shardings=replicated,
+@flax.struct.dataclass  # clu reads the fields' annotations: no `from __future__ import annotations`
+class TrainMetrics(clu_metrics.Collection):
+    """Per-step training metrics, averaged over a log interval or an epoch."""
+
+    loss: clu_metrics.Average.from_output('loss')
+    accuracy: clu_metrics.Average.from_output('accuracy')
+    learning_rate: clu_metrics.LastValue.from_output('learning_rate')
+    first_non_finite_step: FirstNonFiniteStep
+
+
+def train_step_with_metrics(
+    state: steps.TrainState, batch: dict[str, jax.Array], *, tx, schedule
+) -> tuple[steps.TrainState, TrainMetrics]:
+    """`steps.train_step`, its metrics as a `TrainMetrics` of one step (to merge)."""
+    state, out = steps.train_step(state, batch, tx=tx, schedule=schedule)
+    return state, TrainMetrics.single_from_model_output(step=state.step, **out)
+
+
+def computed(train_metrics: TrainMetrics, epoch: int) -> dict[str, float]:
+    """The averages of `train_metrics`; a TrainingError naming the first non-finite step."""
+    values = {k: float(v) for k, v in jax.device_get(train_metrics.compute()).items()}
+    bad = int(values.pop('first_non_finite_step'))
+    if bad != NO_STEP:
+        raise TrainingError(
+            f'non-finite training loss at step {bad} (epoch {epoch}); stopping. The last '
+            'good checkpoint is kept; lower the learning rate or check the input data.'
+        )
+    return values
+
+
+def _to_json_tree(train_metrics: TrainMetrics) -> dict:
+    return jax.tree.map(
+        lambda x: np.asarray(x).tolist(), flax.serialization.to_state_dict(train_metrics)
     )
-    confusion = confusion_over_split(
-        eval_fn, params, rest, config, split, NamedSharding(mesh, P('data')), info.num_classes
-    )
-    return metrics.summarize(confusion, info.class_names)
 
 
-def _write_results(workdir: str, results: dict) -> None:
-    if jax.process_index() != 0:
-        return
-    path = os.path.join(workdir, RESULTS_FILE)
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, path)
+def _from_json_tree(tree: dict | None) -> TrainMetrics:
+    if not tree:
+        return TrainMetrics.empty()
+    values = jax.tree.map(jnp.asarray, tree)  # jnp: clu divides 0 / 0 when merging
+    return flax.serialization.from_state_dict(TrainMetrics.empty(), values)
 
 
-def _describe_protocol(selection_split: str) -> str:
+# ---- Set-up helpers -----------------------------------------------------------------------------
+
+
+def new_results(config: ml_collections.ConfigDict, workdir: str) -> RunResults:
+    """The results of a run that has not finished an epoch yet."""
+    selection_split = 'validation' if config.data.val_fraction > 0 else 'test'
     if selection_split == 'test':
-        return (
+        protocol = (
             'reference protocol: "best" is the epoch with the best TEST accuracy '
             '(optimistic, as in the authors\' code and the paper); "last" is the final epoch'
         )
-    return (
-        'validation protocol: "best" is the epoch with the best metric on a stratified '
-        'validation split carved out of the training fold; its test numbers are honest'
-    )
-
-
-# ---- Fine-tuning ------------------------------------------------------------------------------
-
-
-def _load_init_weights(model: nnx.Module, config: ml_collections.ConfigDict) -> None:
-    """Loads `config.init_from` into `model`; optionally keeps the fresh classifier."""
-    run_dir, manager_dir, step = checkpointing.resolve_checkpoint(config.init_from, 'best')
-    current = dict(_flat_items(nnx.to_pure_dict(nnx.state(model))))
-    # Restored without a target, so list indices come back as strings: match on str keys.
-    stored = {
-        tuple(map(str, key)): value
-        for key, value in _flat_items(checkpointing.restore_model_state(manager_dir, step, None))
-    }
-    head = tuple(model.classifier_path()) if hasattr(model, 'classifier_path') else ()
-    merged, reinitialised, problems = {}, [], []
-    for key, value in current.items():
-        name = '/'.join(map(str, key))
-        is_head = bool(head) and key[: len(head)] == head
-        loaded = stored.get(tuple(map(str, key)))
-        if is_head and config.reinit_classifier:
-            merged[key] = value
-            reinitialised.append(name)
-        elif loaded is None:
-            problems.append(f'{name}: missing in the checkpoint')
-        elif np.shape(loaded) != np.shape(value):
-            hint = ' (set reinit_classifier=True for a new class count)' if is_head else ''
-            problems.append(
-                f'{name}: shape {np.shape(loaded)} in the checkpoint vs {np.shape(value)} '
-                f'in the model{hint}'
-            )
-        else:
-            merged[key] = loaded
-    if problems:
-        raise TrainingError(
-            f'init_from={config.init_from} ({run_dir}, step {step}) does not fit the model:\n  '
-            + '\n  '.join(problems)
-        )
-    state = nnx.state(model)
-    nnx.replace_by_pure_dict(state, _unflatten(merged))
-    nnx.update(model, state)
-    logging.info(
-        'Initialised from %s (step %d)%s.',
-        run_dir,
-        step,
-        ', classifier re-initialised' if reinitialised else '',
-    )
-
-
-def _flat_items(tree: Any, prefix: tuple = ()) -> Iterator[tuple[tuple, Any]]:
-    if isinstance(tree, Mapping):
-        for key, value in tree.items():
-            yield from _flat_items(value, (*prefix, key))
     else:
-        yield prefix, tree
+        protocol = (
+            'validation protocol: "best" is the epoch with the best metric on a stratified '
+            'validation split carved out of the training fold; its test numbers are honest'
+        )
+    return RunResults(
+        protocol=protocol,
+        selection_split=selection_split,
+        selection_metric=config.checkpoint.best_metric,
+        class_names=list(data.info(config).class_names),
+        workdir=os.path.abspath(workdir),
+    )
 
 
-def _unflatten(flat: dict[tuple, Any]) -> dict:
-    tree: dict = {}
-    for key, value in flat.items():
-        node = tree
-        for part in key[:-1]:
-            node = node.setdefault(part, {})
-        node[key[-1]] = value
-    return tree
+class RunState(NamedTuple):
+    """What a run starts from: the train state, its results, the epoch's metrics so far."""
+
+    train: steps.TrainState
+    results: RunResults
+    epoch_metrics: TrainMetrics
 
 
-# ---- The loop ---------------------------------------------------------------------------------
+def initial_state(
+    config: ml_collections.ConfigDict, workdir: str, ckpts: checkpointing.RunCheckpoints, tx
+) -> RunState:
+    """Resumes from the latest checkpoint of `workdir`, else starts from `config.init_from`
+    or from a fresh initialisation. The state is replicated over the mesh."""
+    replicated = sharding.replicated(sharding.make_mesh())
+    if ckpts.latest_step() is not None:
+        stored = checkpointing.read_config(workdir)
+        differences = checkpointing.model_config_differences(stored.model, config.model)
+        if differences:
+            raise TrainingError(
+                f'{workdir} holds checkpoints of a different model config; use another '
+                'workdir or the same model settings. Differences:\n  ' + '\n  '.join(differences)
+            )
+        # Restored straight into the abstract state: nothing is initialised to be overwritten.
+        abstract = jax.eval_shape(
+            lambda: steps.init_train_state(build_abstract_model(config.model), tx)
+        )
+        restored = ckpts.restore_latest(
+            checkpointing.abstract_like(steps.model_state_dict(abstract), replicated),
+            checkpointing.abstract_like(abstract.opt_state, replicated),
+        )
+        if restored is not None:
+            full = nnx.merge_state(abstract.params, abstract.rest)
+            nnx.replace_by_pure_dict(full, restored.model_state)
+            params, rest = nnx.split_state(full, nnx.Param, ...)
+            train_state = abstract.replace(
+                step=jax.device_put(jnp.asarray(restored.step, jnp.int32), replicated),
+                params=params,
+                rest=rest,
+                opt_state=restored.optimizer_state,
+            )
+            logging.info('Resumed from %s at step %d.', workdir, restored.step)
+            return RunState(
+                train=train_state,
+                results=RunResults.from_dict(restored.meta['results']),
+                epoch_metrics=_from_json_tree(restored.meta.get('epoch_train_metrics')),
+            )
+    model = build_model(config.model, rngs=nnx.Rngs(config.seed))
+    if config.init_from:
+        stored = checkpointing.load_init_weights(
+            model, config.init_from, reinit_classifier=config.reinit_classifier
+        )
+        logging.info(
+            'Initialised from %s (step %d)%s.',
+            stored.run_dir,
+            stored.step,
+            ', classifier re-initialised' if config.reinit_classifier else '',
+        )
+    if jax.process_index() == 0:
+        checkpointing.write_config(workdir, config)
+    return RunState(
+        train=jax.device_put(steps.init_train_state(model, tx), replicated),
+        results=new_results(config, workdir),
+        epoch_metrics=TrainMetrics.empty(),
+    )
+
+
+def train_batches(config: ml_collections.ConfigDict, first_step: int) -> Iterator[dict]:
+    """The training batches from global step `first_step` on, epoch after epoch."""
+    steps_per_epoch = data.info(config).steps_per_epoch
+    first_epoch, start = divmod(first_step, steps_per_epoch)
+    for epoch in itertools.count(first_epoch):
+        wanted = steps_per_epoch - start
+        count = 0
+        for batch in itertools.islice(
+            data.load(config, 'train', epoch=epoch, start_batch=start), wanted
+        ):
+            count += 1
+            yield batch
+        if count != wanted:
+            raise TrainingError(
+                f'the input pipeline ended epoch {epoch + 1} after {start + count} batches; '
+                f'expected {steps_per_epoch} per epoch'
+            )
+        start = 0
+
+
+def evaluate_splits(eval_fn, state: steps.TrainState, config, splits) -> dict[str, dict]:
+    """`metrics.summarize` of each split, the train state's model in eval mode."""
+    class_names = data.info(config).class_names
+    return {
+        split: metrics.summarize(
+            evaluate.confusion_over_split(eval_fn, (state.params, state.rest), config, split),
+            class_names,
+        )
+        for split in splits
+    }
+
+
+# ---- The loop -------------------------------------------------------------------------------
 
 
 def train_and_evaluate(
@@ -248,351 +300,159 @@ def train_and_evaluate(
     os.makedirs(workdir, exist_ok=True)
     is_chief = jax.process_index() == 0
 
-    # Mesh. -------------------------------------------------------------------------------
-    mesh = make_mesh()
-    replicated = NamedSharding(mesh, P())
-    batch_sharding = NamedSharding(mesh, P('data'))
+    # Set-up: mesh, input, optimizer, state. --------------------------------------------------
     if config.batch_size % jax.device_count():
-        raise ValueError(
-            f'batch_size {config.batch_size} is not divisible by the {jax.device_count()} devices'
+        raise TrainingError(
+            f'batch_size={config.batch_size} is not divisible by the {jax.device_count()} devices'
         )
-
-    # Input. ------------------------------------------------------------------------------
+    mesh = sharding.make_mesh()
+    batch_sharding = sharding.batch_sharded(mesh)
     info = data.info(config)
     steps_per_epoch = info.steps_per_epoch
     if steps_per_epoch < 1:
-        raise ValueError(
-            f'{info.num_clips["train"]} training clips are fewer than one '
-            f'batch of {config.batch_size}'
+        raise TrainingError(
+            f'{info.num_clips["train"]} training clips are fewer than one batch '
+            f'(batch_size={config.batch_size})'
         )
-    selection_split = 'validation' if config.data.val_fraction > 0 else 'test'
     total_steps = steps_per_epoch * config.num_epochs
-
-    # Model. ------------------------------------------------------------------------------
-    model = build_model(config.model, rngs=nnx.Rngs(config.seed))
-
-    # Optimizer. --------------------------------------------------------------------------
     schedule = steps.step_decay_schedule(config.optimizer, steps_per_epoch)
     tx = steps.make_optimizer(config.optimizer, schedule)
-
-    # Checkpoint: resume, else fine-tune from init_from, else fresh. ------------------------
     ckpts = checkpointing.RunCheckpoints(workdir, keep_latest=config.checkpoint.keep_latest)
-    latest_step = ckpts.latest_step()
-    if latest_step is not None:
-        stored = checkpointing.read_config(workdir)
-        differences = checkpointing.model_config_differences(stored.model, config.model)
-        if differences:
-            raise TrainingError(
-                f'{workdir} holds checkpoints of a different model config; use another '
-                'workdir or the same model settings. Differences:\n  ' + '\n  '.join(differences)
-            )
-    elif config.init_from:
-        _load_init_weights(model, config)
+    run = initial_state(config, workdir, ckpts, tx)
+    state, results, epoch_metrics = run.train, run.results, run.epoch_metrics
+    first_step = int(state.step)
 
-    state = steps.init_train_state(model, tx)
-    del model
-    meta: dict[str, Any] = {'history': [], 'best': None}
-    if latest_step is not None:
-        model_state, opt_state, meta = ckpts.restore(
-            latest_step,
-            checkpointing.abstract_like(steps.model_state_dict(state), replicated),
-            checkpointing.abstract_like(state.opt_state, replicated),
-        )
-        full = nnx.merge_state(state.params, state.rest)
-        nnx.replace_by_pure_dict(full, model_state)
-        params, rest = nnx.split_state(full, nnx.Param, ...)
-        state = state.replace(
-            step=jnp.asarray(latest_step, jnp.int32), params=params, rest=rest, opt_state=opt_state
-        )
-        logging.info(
-            'Resumed from %s at step %d (epoch %d, batch %d).',
-            workdir,
-            latest_step,
-            latest_step // steps_per_epoch,
-            latest_step % steps_per_epoch,
-        )
-    elif is_chief:
-        checkpointing.write_config(workdir, config)
-    state = jax.device_put(state, replicated)
-
-    # Update step. ----------------------------------------------------------------------------
+    # Jitted steps. ---------------------------------------------------------------------------
+    replicated = sharding.replicated(mesh)
     train_fn = jax.jit(
-        functools.partial(steps.train_step, tx=tx, schedule=schedule),
+        functools.partial(train_step_with_metrics, tx=tx, schedule=schedule),
         donate_argnums=0,
         out_shardings=(replicated, replicated),
     )
-    eval_fn = jax.jit(
-        functools.partial(
-            steps.eval_step, graphdef=state.eval_graphdef, num_classes=info.num_classes
-        ),
-        out_shardings=replicated,
-    )
+    eval_fn = evaluate.make_eval_fn(state.eval_graphdef, info.num_classes)
+    eval_splits = ['test'] if results.selection_split == 'test' else ['validation', 'test']
 
     # Logging. --------------------------------------------------------------------------------
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
-    step = int(latest_step or 0)
-    if step == 0:
+    if first_step == 0:
         writer.write_hparams(_flat_config(config))
     report_progress = periodic_actions.ReportProgress(
         num_train_steps=total_steps, writer=writer, every_secs=60.0
     )
-    hooks = [report_progress]
-
-    results = {
-        'protocol': _describe_protocol(selection_split),
-        'selection_split': selection_split,
-        'selection_metric': config.checkpoint.best_metric,
-        'class_names': list(info.class_names),
-        'workdir': os.path.abspath(workdir),
-        'history': meta.get('history', []),
-        'best': meta.get('best'),
-        'last': meta.get('last'),
-        'finished': False,
-    }
-
-    def save(step: int, best_value: float | None = None) -> None:
-        ckpts.save(
-            step,
-            steps.model_state_dict(state),
-            state.opt_state,
-            {
-                'step': step,
-                'epoch': step // steps_per_epoch,
-                'history': results['history'],
-                'best': results['best'],
-                'last': results['last'],
-                'best_value': best_value,
-            },
-            best_value=best_value,
-        )
-
-    # Loop. -------------------------------------------------------------------------------------
+    log_metrics = TrainMetrics.empty()
     logging.info(
-        'Training %d epochs x %d steps (global batch %d on %d devices, %d processes).',
+        'Training %d epochs x %d steps from step %d (global batch %d on %d devices, %d processes).',
         config.num_epochs,
         steps_per_epoch,
+        first_step,
         config.batch_size,
         jax.device_count(),
         jax.process_count(),
     )
-    pending: list[dict[str, jax.Array]] = []
-    epoch_start_time = time.time()
-    with StopRequest() as stop:
-        while step < total_steps:
-            epoch, start_batch = divmod(step, steps_per_epoch)
-            epoch_sums = {'loss': 0.0, 'accuracy': 0.0, 'count': 0}
-            epoch_start_time = time.time()
-            first_step_of_epoch = step
-            for batch in data.load(config, 'train', epoch=epoch, start_batch=start_batch):
+
+    # The loop. -------------------------------------------------------------------------------
+    stop_now, step = False, first_step
+    batches = train_batches(config, first_step)
+    try:
+        with StopRequest() as stop:
+            for step in range(first_step + 1, total_steps + 1):
+                epoch = (step - 1) // steps_per_epoch + 1  # 1-based, as logged
                 with jax.profiler.StepTraceAnnotation('train', step_num=step):
-                    state, step_metrics = train_fn(state, global_batch(batch, batch_sharding))
-                step += 1
-                pending.append(step_metrics)
-                for hook in hooks:
-                    hook(step)
-                at_log = step % config.log_every_steps == 0 or step % steps_per_epoch == 0
-                if at_log:
-                    _flush(
-                        pending,
-                        epoch_sums,
-                        writer,
-                        step,
-                        steps_per_epoch,
-                        epoch,
-                        first_step_of_epoch,
-                        epoch_start_time,
-                        config,
-                    )
-                if stop_at_step is not None and step == stop_at_step:
+                    batch = sharding.global_batch(next(batches), batch_sharding)
+                    state, step_metrics = train_fn(state, batch)
+                log_metrics = log_metrics.merge(step_metrics)
+                epoch_metrics = epoch_metrics.merge(step_metrics)
+                report_progress(step)
+
+                epoch_end = step % steps_per_epoch == 0
+                periodic_save = bool(config.checkpoint.every_steps) and (
+                    step % config.checkpoint.every_steps == 0
+                )
+                sync_point = epoch_end or periodic_save or step % config.log_every_steps == 0
+                if step == stop_at_step:
                     stop.request()
-                if (
-                    step % steps_per_epoch
-                    and config.checkpoint.every_steps
-                    and step % config.checkpoint.every_steps == 0
-                ):
-                    _flush(
-                        pending,
-                        epoch_sums,
-                        writer,
-                        step,
-                        steps_per_epoch,
-                        epoch,
-                        first_step_of_epoch,
-                        epoch_start_time,
-                        config,
-                    )
-                    save(step)
-                if step % steps_per_epoch and stop.requested():
-                    _flush(
-                        pending,
-                        epoch_sums,
-                        writer,
-                        step,
-                        steps_per_epoch,
-                        epoch,
-                        first_step_of_epoch,
-                        epoch_start_time,
-                        config,
-                    )
-                    save(step)
-                    ckpts.wait_until_finished()
+                stop_now = stop.should_stop(step, sync_point=sync_point)
+                save_now = epoch_end or periodic_save or stop_now
+                log_now = sync_point or stop_now  # a save never stores unchecked steps
+                eval_now = epoch_end and (
+                    epoch % config.eval_every_epochs == 0 or step == total_steps
+                )
+
+                if log_now:
+                    means = computed(log_metrics, epoch)
+                    log_metrics = TrainMetrics.empty()
+                    writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
                     logging.info(
-                        'Stopped at step %d (epoch %d, batch %d); the next run in %s resumes here.',
-                        step,
+                        'epoch %d/%d  step %d/%d  loss %.4f  acc %.2f%%',
                         epoch,
-                        step % steps_per_epoch,
-                        workdir,
+                        config.num_epochs,
+                        step - (epoch - 1) * steps_per_epoch,
+                        steps_per_epoch,
+                        means['loss'],
+                        100 * means['accuracy'],
                     )
+
+                best_value = None
+                if epoch_end:
+                    evaluation = None
+                    if eval_now:
+                        with report_progress.timed('eval'):
+                            evaluation = evaluate_splits(eval_fn, state, config, eval_splits)
+                        for split, summary in evaluation.items():
+                            _write_eval(writer, step, split, summary)
+                    train_means = computed(epoch_metrics, epoch)
+                    epoch_metrics = TrainMetrics.empty()
+                    if results.add_epoch(epoch, step, train_means, evaluation):
+                        best_value = results.best.selection_value
+                    results.finished = step == total_steps
+                    logging.info('%s', _epoch_line(results.history[-1], config))
+
+                if save_now:
+                    with report_progress.timed('checkpoint'):
+                        meta = {
+                            'step': step,
+                            'results': results.to_dict(),
+                            'epoch_train_metrics': _to_json_tree(epoch_metrics),
+                        }
+                        model_state = steps.model_state_dict(state)
+                        ckpts.save(step, model_state, state.opt_state, meta, best_value=best_value)
+                    if epoch_end and is_chief:
+                        results.write(workdir)
                     writer.flush()
-                    return state
-                if step % steps_per_epoch == 0:
+
+                if stop_now:
                     break
-            if step % steps_per_epoch:
-                raise TrainingError(
-                    f'the input pipeline ended epoch {epoch} after step {step}; '
-                    f'expected {steps_per_epoch} steps per epoch'
-                )
-            _flush(
-                pending,
-                epoch_sums,
-                writer,
-                step,
-                steps_per_epoch,
-                epoch,
-                first_step_of_epoch,
-                epoch_start_time,
-                config,
-            )
-
-            # Evaluate at the end of each epoch (and always after the last one). ---------------
-            epoch_record: dict[str, Any] = {
-                'epoch': epoch + 1,
-                'step': step,
-                'train_loss': epoch_sums['loss'] / max(epoch_sums['count'], 1),
-                'train_accuracy': epoch_sums['accuracy'] / max(epoch_sums['count'], 1),
-                'learning_rate': float(schedule(jnp.asarray(step - 1))),
-            }
-            best_value = None
-            last_epoch = step == total_steps
-            if (epoch + 1) % config.eval_every_epochs == 0 or last_epoch:
-                splits = ['test'] if selection_split == 'test' else ['validation', 'test']
-                for split in splits:
-                    confusion = confusion_over_split(
-                        eval_fn,
-                        state.params,
-                        state.rest,
-                        config,
-                        split,
-                        batch_sharding,
-                        info.num_classes,
-                    )
-                    summary = metrics.summarize(confusion, info.class_names)
-                    epoch_record[split] = summary
-                    _write_eval(writer, step, split, summary, info.class_names)
-                value = epoch_record[selection_split][config.checkpoint.best_metric]
-                best = results['best']
-                if best is None or value > best['selection_value']:
-                    results['best'] = {
-                        'epoch': epoch + 1,
-                        'step': step,
-                        'selected_on': f'{selection_split} {config.checkpoint.best_metric}',
-                        'selection_value': value,
-                        'test': epoch_record['test'],
-                    }
-                    best_value = value
-                results['last'] = {'epoch': epoch + 1, 'step': step, 'test': epoch_record['test']}
-                logging.info(
-                    '%s',
-                    _epoch_line(
-                        epoch_record, config, time.time() - epoch_start_time, selection_split
-                    ),
-                )
-            results['history'].append(_compact(epoch_record))
-            save(step, best_value)
-            results['finished'] = last_epoch
-            _write_results(workdir, results)
-            writer.flush()
-            if stop.requested() and not last_epoch:
-                ckpts.wait_until_finished()
-                logging.info(
-                    'Stopped after epoch %d; the next run in %s resumes here.', epoch + 1, workdir
-                )
-                return state
-
-    ckpts.wait_until_finished()
-    ckpts.close()
-    writer.flush()
+    finally:
+        # Every save started is finished, also when the run stops on an error.
+        ckpts.wait_until_finished()
+        ckpts.close()
+        writer.flush()
+    if stop_now and step < total_steps:
+        epoch, batch_in_epoch = divmod(step, steps_per_epoch)
+        where = (
+            f'after epoch {epoch}'
+            if batch_in_epoch == 0
+            else f'at step {step} (epoch {epoch + 1}, batch {batch_in_epoch}/{steps_per_epoch})'
+        )
+        logging.info('Stopped %s; the next run in %s resumes here.', where, workdir)
     return state
 
 
 # ---- Logging helpers ----------------------------------------------------------------------------
 
 
-def _flush(
-    pending: list,
-    sums: dict,
-    writer,
-    step: int,
-    steps_per_epoch: int,
-    epoch: int,
-    first_step: int,
-    start_time: float,
-    config: ml_collections.ConfigDict,
-) -> None:
-    """Fetches buffered step metrics, checks they are finite, logs their mean."""
-    if not pending:
-        return
-    fetched = jax.device_get(pending)
-    pending.clear()
-    losses = np.array([m['loss'] for m in fetched], np.float64)
-    if not np.all(np.isfinite(losses)):
-        bad = step - len(losses) + int(np.argmax(~np.isfinite(losses))) + 1
-        raise TrainingError(
-            f'non-finite training loss at step {bad} (epoch {epoch + 1}); stopping. The last '
-            'good checkpoint is kept; lower the learning rate or check the input data.'
-        )
-    accuracy = np.array([m['accuracy'] for m in fetched], np.float64)
-    sums['loss'] += losses.sum()
-    sums['accuracy'] += accuracy.sum()
-    sums['count'] += len(losses)
-    writer.write_scalars(
-        step,
-        {
-            'train/loss': losses.mean(),
-            'train/accuracy': accuracy.mean(),
-            'train/learning_rate': float(fetched[-1]['learning_rate']),
-        },
-    )
-    done = step - epoch * steps_per_epoch
-    elapsed = time.time() - start_time
-    rate = (step - first_step) / elapsed if elapsed > 0 else float('nan')
-    eta = (steps_per_epoch - done) / rate if rate > 0 else float('nan')
-    logging.info(
-        'epoch %d/%d  step %d/%d  loss %.4f  acc %.2f%%  %.2f steps/s  epoch ETA %s',
-        epoch + 1,
-        config.num_epochs,
-        done,
-        steps_per_epoch,
-        losses.mean(),
-        100 * accuracy.mean(),
-        rate,
-        _duration(eta),
-    )
-
-
-def _write_eval(writer, step: int, split: str, summary: dict, class_names) -> None:
+def _write_eval(writer: metric_writers.MetricWriter, step: int, split: str, summary: dict) -> None:
     scalars = {f'{split}/war': summary['war'], f'{split}/uar': summary['uar']}
     for name, recall in summary['per_class_recall'].items():
         if recall is not None:
             scalars[f'{split}/recall/{name}'] = recall
     writer.write_scalars(step, scalars)
+    class_names = list(summary['per_class_recall'])
     image = metrics.confusion_matrix_image(np.array(summary['confusion_matrix']), class_names)
     writer.write_images(step, {f'{split}/confusion_matrix': image[None]})
 
 
-def _epoch_line(
-    record: dict, config: ml_collections.ConfigDict, seconds: float, selection_split: str
-) -> str:
+def _epoch_line(record: dict, config: ml_collections.ConfigDict) -> str:
     parts = [
         f'epoch {record["epoch"]}/{config.num_epochs}',
         f'train loss {record["train_loss"]:.4f} acc {100 * record["train_accuracy"]:.2f}%',
@@ -604,28 +464,7 @@ def _epoch_line(
                 f'UAR {100 * record[split]["uar"]:.2f}%'
             )
     parts.append(f'lr {record["learning_rate"]:.2g}')
-    parts.append(f'{seconds:.0f}s')
-    del selection_split
     return '  '.join(parts)
-
-
-def _compact(record: dict) -> dict:
-    """An epoch record for the history: metrics without the confusion matrices."""
-    out = {}
-    for key, value in record.items():
-        if isinstance(value, dict):
-            out[key] = {k: v for k, v in value.items() if k != 'confusion_matrix'}
-        else:
-            out[key] = value
-    return out
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return '?'
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f'{hours}h{rest // 60:02d}m' if hours else f'{rest // 60}m{rest % 60:02d}s'
 
 
 def _flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -1,10 +1,9 @@
 """train_and_evaluate: the run a researcher leaves for a day must come back right.
 
-One tiny synthetic run (4-frame clips of 32x32, depth-1 encoders) is shared by most tests;
-the resume, fine-tuning and failure tests start their own runs from it.
+One tiny synthetic run (4-frame clips of 32x32, depth-1 encoders, 7 steps per epoch) is
+shared by most tests; the resume, fine-tuning and failure tests start their own runs.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -15,92 +14,152 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from former_dfer_jax import checkpointing, inference, train
+from former_dfer_jax import checkpointing, inference, metrics, steps, train
+from former_dfer_jax.models import build_model
+from former_dfer_jax.results import RunResults
 from tests.tiny import TINY_RUN_EPOCHS as EPOCHS
-from tests.tiny import env_with_devices, tiny_config
+from tests.tiny import env_with_devices, relative_difference, tiny_config
+
+STEPS_PER_EPOCH = 7  # 28 training clips of fold 1, batch 4
 
 
 def _params(state) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree.leaves(nnx.merge_state(state.params, state.rest))]
 
 
-@pytest.fixture
-def finished_run(tiny_run):
-    return tiny_run
+def _assert_same_weights(a, b) -> None:
+    for x, y in zip(_params(a), _params(b), strict=True):
+        np.testing.assert_array_equal(x, y)  # bitwise, BatchNorm statistics included
 
 
-def test_a_run_trains_every_step_and_writes_results_checkpoints_and_logs(finished_run):
-    config, workdir, state = finished_run
-    with open(os.path.join(workdir, train.RESULTS_FILE)) as f:
-        results = json.load(f)
-    steps_per_epoch = results['history'][0]['step']
-    assert int(state.step) == EPOCHS * steps_per_epoch
-    assert results['finished'] is True
-    assert [h['epoch'] for h in results['history']] == [1, 2]
-    assert results['selection_split'] == 'test' and 'reference protocol' in results['protocol']
-    last = results['last']['test']
+def _latest_steps(workdir: str) -> list[int]:
+    return sorted(
+        int(name)
+        for name in os.listdir(os.path.join(workdir, 'checkpoints', 'latest'))
+        if name.isdigit()
+    )
+
+
+def _resume_step(config, workdir: str) -> int:
+    """The step a new run in `workdir` starts from."""
+    ckpts = checkpointing.RunCheckpoints(workdir, keep_latest=config.checkpoint.keep_latest)
+    tx = steps.make_optimizer(config.optimizer, steps.step_decay_schedule(config.optimizer, 7))
+    try:
+        return int(train.initial_state(config, workdir, ckpts, tx).train.step)
+    finally:
+        ckpts.close()
+
+
+def test_a_run_trains_every_step_and_writes_results_checkpoints_and_logs(tiny_run):
+    config, workdir, state = tiny_run
+    results = RunResults.read(workdir)
+    assert int(state.step) == EPOCHS * STEPS_PER_EPOCH
+    assert results.finished is True
+    assert [h['epoch'] for h in results.history] == [1, 2]
+    assert [h['step'] for h in results.history] == [7, 14]
+    assert results.selection_split == 'test' and 'reference protocol' in results.protocol
+    last = results.last.test
+    assert results.last.step == 14
     assert last['num_clips'] == 7  # every test clip of the fold counted once
-    assert 0.0 <= last['uar'] <= 1.0 and 0.0 <= last['war'] <= 1.0
-    assert np.array(last['confusion_matrix']).shape == (7, 7)
-    assert results['best']['epoch'] in (1, 2)
+    confusion = np.array(last['confusion_matrix'])
+    assert confusion.shape == (7, 7) and confusion.sum() == 7
+    assert last['war'] == metrics.war(confusion) and last['uar'] == metrics.uar(confusion)
+    best = max(results.history, key=lambda h: h['test']['war'])  # the first of equals
+    assert (results.best.epoch, results.best.selection_value) == (
+        best['epoch'],
+        best['test']['war'],
+    )
+    assert results.best.selected_on == 'test war'
     assert checkpointing.read_config(workdir).model.to_dict() == config.model.to_dict()
     assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['best', 'latest']
+    assert _latest_steps(workdir) == [7, 14]  # keep_latest=2
     assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
 
 
-def test_the_learning_rate_and_loss_are_logged_per_epoch(finished_run):
-    _, workdir, _ = finished_run
-    with open(os.path.join(workdir, train.RESULTS_FILE)) as f:
-        history = json.load(f)['history']
-    assert all(np.isfinite(h['train_loss']) for h in history)
-    assert history[0]['learning_rate'] == pytest.approx(0.01)
+def test_the_learning_rate_and_loss_are_logged_per_epoch(tiny_run):
+    _, workdir, _ = tiny_run
+    history = RunResults.read(workdir).history
+    assert all(np.isfinite(h['train_loss']) and 0 <= h['train_accuracy'] <= 1 for h in history)
+    assert [h['learning_rate'] for h in history] == pytest.approx([0.01, 0.01])
 
 
-def test_a_finished_workdir_is_not_trained_again(finished_run):
-    config, workdir, state = finished_run
+def test_a_finished_workdir_is_not_trained_again(tiny_run):
+    config, workdir, state = tiny_run
     again = train.train_and_evaluate(config, workdir)
     assert int(again.step) == int(state.step)
-    for a, b in zip(_params(state), _params(again), strict=True):
-        np.testing.assert_array_equal(a, b)
+    _assert_same_weights(state, again)
 
 
-def test_resume_after_a_mid_epoch_stop_is_exact(finished_run, tmp_path):
-    config, _, uninterrupted = finished_run
-    steps_per_epoch = int(uninterrupted.step) // EPOCHS
+@pytest.mark.parametrize(
+    ('stop_at', 'every_steps'),
+    [
+        (STEPS_PER_EPOCH + 2, 0),  # mid-epoch
+        (STEPS_PER_EPOCH + 3, 3),  # on a periodic save step: saved once, no crash
+        (STEPS_PER_EPOCH, 0),  # on an epoch's last step: evaluated, saved once
+    ],
+    ids=['mid-epoch', 'on-a-save-step', 'on-an-epoch-end'],
+)
+def test_a_stop_at_any_step_saves_there_and_the_resumed_run_is_exact(
+    tiny_run, tmp_path, stop_at, every_steps
+):
+    config, _, uninterrupted = tiny_run
+    config = tiny_config(num_epochs=EPOCHS)
+    config.checkpoint.every_steps = every_steps
     workdir = str(tmp_path / 'stopped')
-    stopped = train.train_and_evaluate(config, workdir, stop_at_step=steps_per_epoch + 2)
-    assert int(stopped.step) == steps_per_epoch + 2
+    stopped = train.train_and_evaluate(config, workdir, stop_at_step=stop_at)
+    assert int(stopped.step) == stop_at
+    assert _latest_steps(workdir)[-1] == stop_at
+    assert _resume_step(config, workdir) == stop_at  # from the stop, not an epoch end
+    epochs_done = stop_at // STEPS_PER_EPOCH
+    assert len(RunResults.read(workdir).history) == epochs_done
     resumed = train.train_and_evaluate(config, workdir)
     assert int(resumed.step) == int(uninterrupted.step)
-    for a, b in zip(_params(uninterrupted), _params(resumed), strict=True):
-        np.testing.assert_array_equal(a, b)  # bitwise, BatchNorm statistics included
+    _assert_same_weights(uninterrupted, resumed)
+    assert RunResults.read(workdir).history == RunResults.read(tiny_run[1]).history
 
 
-def test_a_workdir_of_another_model_is_refused_with_the_differences(finished_run):
-    _, workdir, _ = finished_run
+def test_sigterm_makes_the_loop_save_and_return(tmp_path, monkeypatch):
+    signal_before = 4
+    batches = train.train_batches
+
+    def batches_then_sigterm(config, first_step):
+        for step, batch in enumerate(batches(config, first_step), first_step + 1):
+            if step == signal_before:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+    monkeypatch.setattr(train, 'train_batches', batches_then_sigterm)
+    workdir = str(tmp_path / 'sigterm')
+    state = train.train_and_evaluate(tiny_config(), workdir)
+    assert int(state.step) == signal_before  # the step under way when the signal came
+    assert _latest_steps(workdir) == [signal_before]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler given back
+
+
+def test_a_workdir_of_another_model_is_refused_with_the_differences(tiny_run):
+    _, workdir, _ = tiny_run
     other = tiny_config(num_epochs=EPOCHS)
     other.model.temporal.depth = 2
     with pytest.raises(train.TrainingError, match=r'model\.temporal\.depth: 1 .* vs 2'):
         train.train_and_evaluate(other, workdir)
 
 
-def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(finished_run, tmp_path):
-    config, source, _ = finished_run
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     workdir = str(tmp_path / 'diverging')
     good = train.train_and_evaluate(tiny_config(num_epochs=1), workdir)
     diverging = tiny_config(num_epochs=2)
     diverging.optimizer.learning_rate = 1e30
-    with pytest.raises(train.TrainingError, match='non-finite training loss'):
+    with pytest.raises(train.TrainingError, match=r'non-finite training loss at step (8|9) '):
         train.train_and_evaluate(diverging, workdir)
+    assert _latest_steps(workdir) == [STEPS_PER_EPOCH]
     model = inference.load_model(workdir, 'latest')
     restored = [np.asarray(x) for x in jax.tree.leaves(nnx.state(model))]
     for a, b in zip(_params(good), restored, strict=True):
         np.testing.assert_array_equal(a, b)
-    del config, source
 
 
-def test_fine_tuning_starts_from_the_checkpoint_weights(finished_run, tmp_path):
-    _, source, trained = finished_run
+def test_fine_tuning_starts_from_the_checkpoint_weights(tiny_run, tmp_path):
+    _, source, _ = tiny_run
     config = tiny_config(num_epochs=1)
     config.init_from = source
     config.optimizer.learning_rate = 0.0  # the weights must stay exactly those loaded
@@ -111,79 +170,104 @@ def test_fine_tuning_starts_from_the_checkpoint_weights(finished_run, tmp_path):
     got = nnx.to_pure_dict(state.params)
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    del trained
 
 
-def test_fine_tuning_can_reinitialise_the_classifier_for_a_new_class_count(finished_run, tmp_path):
-    _, source, _ = finished_run
+def test_fine_tuning_from_another_class_count_reinitialises_the_classifier(tmp_path):
+    # A "pre-trained" 5-class model, fine-tuned on the 7-class synthetic set.
+    source_config = tiny_config()
+    source_config.model.num_classes = 5
+    source = build_model(source_config.model, rngs=nnx.Rngs(123))
+    checkpointing.save_model(str(tmp_path / 'source'), source, source_config)
     config = tiny_config(num_epochs=1)
-    config.init_from = source
-    config.model.num_classes = 5
-    with pytest.raises(train.TrainingError, match='reinit_classifier'):
+    config.init_from = str(tmp_path / 'source')
+    config.optimizer.learning_rate = 0.0
+    config.optimizer.weight_decay = 0.0
+    with pytest.raises(checkpointing.CheckpointError, match='reinit_classifier'):
         train.train_and_evaluate(config, str(tmp_path / 'refused'))
-    del config
+    config.reinit_classifier = True
+    state = train.train_and_evaluate(config, str(tmp_path / 'finetune'))
+    fresh = build_model(config.model, rngs=nnx.Rngs(config.seed))
+    got = nnx.to_pure_dict(state.params)
+    for part, want in (('spatial', source), ('temporal', source), ('classifier', fresh)):
+        expected = nnx.to_pure_dict(nnx.state(getattr(want, part), nnx.Param))
+        for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got[part]), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert np.shape(got['classifier']['kernel']) == (512, 7)
 
 
-def test_stop_request_turns_sigterm_into_a_flag():
-    with train.StopRequest() as stop:
-        assert not stop.requested()
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.requested()
+# Why the device-count tests compare single steps, not trajectories: ReLU and max-pool are
+# not differentiable at their kinks, and a rounding-level change of the forward pass (the
+# order of a cross-device sum) moves a few of the ~4e5 activations of a tiny step across
+# one. Each crossing changes the trunk's gradient by up to 2.3e-2 relative (measured: the
+# same step after a 1-ulp random perturbation of the parameters), and training carries
+# it on: from the same start, 1 and 2 devices drift apart by 1e-2 in four steps on some
+# CPUs. So each step is compared from the same state, group by group, with tolerances
+# measured on 7 steps of the tiny run (1 vs 2 devices / 1-ulp perturbation / the bug
+# "BatchNorm statistics per device", relative norms):
+#   loss                                    <= 2.3e-7        -> rtol 1e-5
+#   temporal + classifier gradients (smooth) 5e-7 / 1.4e-6 / >= 9e-2   -> 1e-4
+#   spatial gradients (below the kinks)      3e-6 / 2.3e-2 / >= 1.5    -> 0.1
+#   BatchNorm running statistics (continuous in the forward pass)  4.9e-8   -> 1e-5
+HEAD_GRADIENT_RTOL = 1e-4
+BATCH_STATS_RTOL = 1e-5
+SPATIAL_GRADIENT_RTOL = 0.1
 
-
-_DATA_PARALLEL_SCRIPT = """
+_DEVICE_COUNT_SCRIPT = """
 import functools, sys
-import jax, numpy as np
+import jax, numpy as np, optax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
-from former_dfer_jax import data, steps, train
+from jax.sharding import Mesh
+from former_dfer_jax import data, sharding, steps
 from former_dfer_jax.models import build_model
 from tests.tiny import tiny_config
+from tests.tiny import gradient_groups
 
-assert jax.device_count() == int(sys.argv[2])
+assert jax.device_count() == 2
 config = tiny_config()
-# Few steps at a small learning rate: the tiny model (BatchNorm over 16 values on its
-# 1x1 layer4 map) amplifies the last-bit differences of another summation order ~10x per
-# step, which would hide what this test checks.
-config.optimizer.learning_rate = 0.001
-NUM_STEPS = 4
-mesh = train.make_mesh()
-replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
 schedule = steps.step_decay_schedule(config.optimizer, 100)
 tx = steps.make_optimizer(config.optimizer, schedule)
 state = steps.init_train_state(build_model(config.model, rngs=nnx.Rngs(0)), tx)
-state = jax.device_put(state, replicated)
-step = jax.jit(functools.partial(steps.train_step, tx=tx, schedule=schedule),
-               donate_argnums=0, out_shardings=(replicated, replicated))
-losses = []
-for _, batch in zip(range(NUM_STEPS), data.load(config, 'train', epoch=0)):
-    state, metrics = step(state, train.global_batch(batch, sharded))
-    losses.append(float(metrics['loss']))
-leaves = [np.asarray(x) for x in jax.tree.leaves(nnx.merge_state(state.params, state.rest))]
-np.savez(sys.argv[1], np.array(losses), *leaves)
+
+def train_step_on(devices):
+    mesh = Mesh(np.array(devices), ('data',))
+    replicated, batch_sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    step = jax.jit(functools.partial(steps.train_step, tx=tx, schedule=schedule),
+                   out_shardings=(replicated, replicated))
+    return lambda state, batch: step(jax.device_put(state, replicated),
+                                     sharding.global_batch(batch, batch_sharded))
+
+on_devices = {1: train_step_on(jax.devices()[:1]), 2: train_step_on(jax.devices()[:2])}
+out = {}
+for k, batch in zip(range(3), data.load(config, 'train', epoch=0)):
+    for devices, train_step in on_devices.items():
+        new, metrics = train_step(state, batch)
+        out[f'{k}/{devices}/loss'] = np.asarray(metrics['loss'])
+        trace = optax.tree_utils.tree_get(new.opt_state, 'trace')  # the momentum = gradients
+        for group, values in gradient_groups(trace).items():
+            out[f'{k}/{devices}/{group}'] = values
+        out[f'{k}/{devices}/batch_stats'] = np.concatenate(
+            [np.ravel(x) for x in jax.tree.leaves(new.rest)])
+        next_state = new if devices == 1 else next_state
+    state = next_state  # both device counts take the next step from the same state
+np.savez(sys.argv[1], **out)
 """
 
 
-def _train_on(devices: int, tmp_path) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Per-step losses and final parameters of one tiny epoch on `devices` host devices
-    (in a fresh process: the device count is fixed when JAX starts)."""
-    out = tmp_path / f'devices_{devices}.npz'
-    env = env_with_devices(devices)
+def test_one_and_two_devices_compute_the_same_train_step(tmp_path):
+    out = tmp_path / 'steps.npz'
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run(
-        [sys.executable, '-c', _DATA_PARALLEL_SCRIPT, str(out), str(devices)],
+        [sys.executable, '-c', _DEVICE_COUNT_SCRIPT, str(out)],
         check=True,
-        env=env,
+        env=env_with_devices(2),
         cwd=root,
     )
-    arrays = list(np.load(out).values())
-    return arrays[0], arrays[1:]
-
-
-def test_one_and_two_devices_give_the_same_training(tmp_path):
-    (losses_1, params_1), (losses_2, params_2) = _train_on(1, tmp_path), _train_on(2, tmp_path)
-    assert len(losses_1) == 4
-    # BatchNorm statistics span the global batch, so only the summation order differs.
-    np.testing.assert_allclose(losses_1, losses_2, rtol=1e-5)
-    for a, b in zip(params_1, params_2, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    values = dict(np.load(out))
+    for k in range(3):
+        one = {key.split('/')[2]: v for key, v in values.items() if key.startswith(f'{k}/1/')}
+        two = {key.split('/')[2]: v for key, v in values.items() if key.startswith(f'{k}/2/')}
+        # BatchNorm statistics span the global batch: only the summation order differs.
+        np.testing.assert_allclose(two['loss'], one['loss'], rtol=1e-5)
+        assert relative_difference(one['batch_stats'], two['batch_stats']) < BATCH_STATS_RTOL
+        assert relative_difference(one['head'], two['head']) < HEAD_GRADIENT_RTOL
+        assert relative_difference(one['spatial'], two['spatial']) < SPATIAL_GRADIENT_RTOL

@@ -3,6 +3,7 @@
 
 import os
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -55,3 +56,19 @@ def env_with_devices(devices: int) -> dict[str, str]:
     project sets (another convolution algorithm would change the last bits)."""
     flags = os.environ.get('XLA_FLAGS', '')
     return dict(os.environ, XLA_FLAGS=f'{flags} --xla_force_host_platform_device_count={devices}')
+
+
+def gradient_groups(tree) -> dict[str, np.ndarray]:
+    """A params-shaped tree as two flat vectors: 'head' (temporal + classifier: smooth
+    functions of the forward pass) and 'spatial' (the trunk and S-Former, below the ReLU
+    and max-pool kinks; see test_train for why the two are compared differently)."""
+
+    def flat(parts):
+        return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(parts)])
+
+    return {'head': flat([tree['temporal'], tree['classifier']]), 'spatial': flat(tree['spatial'])}
+
+
+def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """||a - b|| / ||a||."""
+    return float(np.linalg.norm(a - b) / np.linalg.norm(a))
