@@ -127,17 +127,6 @@ class ProblemReport:
             'warnings': {r: [c, list(self.warnings[r])] for r, c in self.warn_counts.items()},
         }
 
-    @classmethod
-    def from_json(cls, data: dict) -> 'ProblemReport':
-        report = cls()
-        for reason, (count, examples) in data.get('skipped', {}).items():
-            report.skip_counts[reason] = count
-            report.skipped[reason] = list(examples)
-        for reason, (count, examples) in data.get('warnings', {}).items():
-            report.warn_counts[reason] = count
-            report.warnings[reason] = list(examples)
-        return report
-
     def summary(self, num_ok: int) -> str:
         lines = [f'{num_ok} clips OK, {self.num_skipped} skipped.']
         for title, counts, examples in (
