@@ -3,104 +3,19 @@
     python -m former_dfer_jax.main --config=configs/ablations.py:resnet18_gru ...
     python -m former_dfer_jax.main --config=configs/ablations.py:depths_3_6 ...
 
-`depths_N_M` sets the S-Former depth N and the T-Former depth M (any integers). The other
-variants keep the reference's depths (S-Former N = 1, T-Former M = 3).
+The variants are defined in `former_dfer_jax.ablations`: `depths_N_M` sets the S-Former
+depth N and the T-Former depth M (any integers); the other variants keep the reference's
+depths (S-Former N = 1, T-Former M = 3).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-
 import ml_collections
 
 from configs import default
+from former_dfer_jax.ablations import PAPER_DEPTHS, VARIANTS, apply_variant, table_variants
 
-
-def _no_s_former(m: ml_collections.ConfigDict) -> None:
-    m.spatial.enabled = False
-
-
-def _resnet18_gru(m):
-    _no_s_former(m)
-    m.temporal.kind = 'gru'
-
-
-def _resnet18_lstm(m):
-    _no_s_former(m)
-    m.temporal.kind = 'lstm'
-
-
-def _resnet34_gru(m):
-    _resnet18_gru(m)
-    m.resnet_depth = 34
-
-
-def _resnet18_sformer_gru(m):
-    m.temporal.kind = 'gru'
-
-
-def _resnet18_tformer(m):
-    _no_s_former(m)
-
-
-def _no_spatial_pe(m):
-    m.spatial.position_embedding = False
-
-
-def _no_temporal_pe(m):
-    m.temporal.position_embedding = False
-
-
-def _sformer_after_conv5(m):
-    # On the 512-channel layer4 map the tokens are twice as wide as on layer3, so the
-    # attention and MLP widths double too (8 heads of 64, MLP 1024: the T-Former's
-    # widths); then global average pooling as usual.
-    m.spatial.stage = 'layer4'
-    m.spatial.head_dim = 64
-    m.spatial.mlp_dim = 1024
-
-
-def _temporal_mean(m):
-    m.temporal.pooling = 'mean'
-
-
-VARIANTS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
-    # Table 1: baselines (ResNet-18 per frame, no S-Former).
-    'resnet18_gru': _resnet18_gru,
-    'resnet18_lstm': _resnet18_lstm,
-    # Table 2: components.
-    'resnet34_gru': _resnet34_gru,
-    'resnet18_sformer_gru': _resnet18_sformer_gru,
-    'resnet18_tformer': _resnet18_tformer,
-    'no_spatial_pe': _no_spatial_pe,
-    'no_temporal_pe': _no_temporal_pe,
-    'sformer_after_conv5': _sformer_after_conv5,
-    'temporal_mean': _temporal_mean,
-}
-# Table 3: the (N, M) pairs the paper reports; any depths_N_M works.
-PAPER_DEPTHS = ((1, 1), (3, 1), (1, 3), (3, 3), (6, 3), (3, 6), (6, 6))
-_DEPTHS = re.compile(r'depths_(\d+)_(\d+)')
-
-
-def table_variants() -> list[str]:
-    """The variants of the paper's tables, in its order."""
-    return [*VARIANTS, *(f'depths_{n}_{m}' for n, m in PAPER_DEPTHS)]
-
-
-def apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
-    """Changes `config.model` in place into `variant`."""
-    match = _DEPTHS.fullmatch(variant)
-    if match:
-        config.model.spatial.depth = int(match.group(1))
-        config.model.temporal.depth = int(match.group(2))
-    elif variant in VARIANTS:
-        VARIANTS[variant](config.model)
-    else:
-        raise ValueError(
-            f'unknown ablation variant {variant!r}; valid: {", ".join(VARIANTS)}, '
-            'depths_N_M (S-Former depth N, T-Former depth M, e.g. depths_3_6)'
-        )
+__all__ = ['PAPER_DEPTHS', 'VARIANTS', 'apply_variant', 'get_config', 'table_variants']
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:

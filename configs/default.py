@@ -38,7 +38,6 @@ def get_config() -> ml_collections.ConfigDict:
     # Smallest random-resized-crop area (fraction of the frame) in training; the
     # reference's is 0.08.
     data.crop_area_min = 0.08
-    data.shuffle_buffer = 0  # 0 = a full, exact per-epoch permutation
     data.num_parallel_calls = -1  # -1 = tf.data.AUTOTUNE
     data.prefetch = 2
 

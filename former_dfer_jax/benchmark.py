@@ -31,9 +31,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import app, flags
 from flax import nnx
 
-from former_dfer_jax import cli, steps
+from former_dfer_jax import cli, config_checks, steps
+from former_dfer_jax.flops import compiled_flops
 from former_dfer_jax.models import build_model
 
 WHATS = ('train', 'eval', 'input')
@@ -128,10 +130,7 @@ def benchmark_step(
     start = time.perf_counter()
     compiled = jitted.lower(*args).compile()
     compile_s = time.perf_counter() - start
-    cost = compiled.cost_analysis()
-    if isinstance(cost, list | tuple):  # older jax: one dict per computation
-        cost = cost[0]
-    step_flops = float((cost or {}).get('flops', 0.0)) or None
+    step_flops = compiled_flops(compiled)
 
     def run(args):
         if what == 'train':
@@ -237,30 +236,24 @@ def run(
 
 
 def main(argv: list[str]) -> None:
-    from absl import app
-
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    FLAGS = flags.FLAGS
+    config_checks.validate(FLAGS.config)
     cli.setup()
-    config = _CONFIG.value
-    if config is None:
-        from configs import default
+    run(FLAGS.config, FLAGS.what, parse_batch_sizes(FLAGS.batch_size), FLAGS.steps, FLAGS.warmup)
 
-        config = default.get_config()
-    run(config, _WHAT.value, parse_batch_sizes(_BATCH_SIZE.value), _STEPS.value, _WARMUP.value)
+
+def _define_flags() -> None:
+    cli.define_config_flags()
+    flags.DEFINE_enum('what', 'train', WHATS, 'What to time.')
+    flags.DEFINE_multi_string(
+        'batch_size', None, 'Batch size(s): repeat the flag or give a comma list.'
+    )
+    flags.DEFINE_integer('steps', 10, 'Timed steps (input: timed batches).')
+    flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
 
 
 if __name__ == '__main__':
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    _CONFIG = config_flags.DEFINE_config_file(
-        'config', None, 'Config file (default: configs/default.py).', lock_config=True
-    )
-    _WHAT = flags.DEFINE_enum('what', 'train', WHATS, 'What to time.')
-    _BATCH_SIZE = flags.DEFINE_multi_string(
-        'batch_size', None, 'Batch size(s): repeat the flag or give a comma list.'
-    )
-    _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (input: timed batches).')
-    _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
-    app.run(main)
+    _define_flags()
+    cli.run(main)

@@ -1,12 +1,148 @@
-"""What every command-line entry point does first: logging and multi-process start-up."""
+"""What every command-line entry point shares: its flags, how it runs, and its set-up.
+
+    def _define_flags() -> None:
+        cli.define_config_flags(workdir_help='Directory for checkpoints, logs and results.')
+
+    if __name__ == '__main__':
+        _define_flags()
+        cli.run(main)
+
+`run` prints an `errors.UserError` raised in main as one `error: <message>` line on stderr
+and exits with status 1 (`--verbose` adds the traceback); any other exception is a bug and
+keeps its traceback. Flags are defined only when a module runs as a script, so that the
+entry points import side by side.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging as std_logging
+import os
+import re
+import sys
+import textwrap
+import traceback
+from collections.abc import Callable
+from typing import NoReturn
 
-from absl import logging
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 from former_dfer_jax import distributed, xla_flags
+from former_dfer_jax.errors import UserError
+
+Main = Callable[[list[str]], None]
+
+
+def define_config_flags(*, workdir_help: str | None = None) -> None:
+    """The required `--config` (an ml_collections config file, loaded locked so that a
+    misspelt `--config.x.y` override is an error) and, when `workdir_help` is given, the
+    required `--workdir`."""
+    config_flags.DEFINE_config_file(
+        'config',
+        None,
+        'Config file, e.g. configs/dfew.py; override keys with --config.<key>=<value>.',
+        lock_config=True,
+    )
+    required = ['config']
+    if workdir_help is not None:
+        flags.DEFINE_string('workdir', None, workdir_help)
+        required.append('workdir')
+    flags.mark_flags_as_required(required)
+
+
+def _fail(message: str) -> NoReturn:
+    print(f'error: {message}', file=sys.stderr, flush=True)
+    raise SystemExit(1)
+
+
+def _user_error_in(error: BaseException | None) -> UserError | None:
+    """The innermost UserError that `error` was raised while handling, if any: absl and
+    ml_collections re-raise what a config file raises inside their own errors."""
+    found = None
+    while error is not None:
+        if isinstance(error, UserError):
+            found = error
+        error = error.__cause__ or error.__context__
+    return found
+
+
+def _misspelt_override(error: LookupError | AttributeError, argv: list[str]) -> str:
+    """The one-line message for ml_collections' error on an override of a missing key."""
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]  # AttributeError(KeyError(message))
+    text = str(error.args[0]) if error.args else str(error)
+    key = re.match(r"'([^']+)'", text)
+    suggestion = re.search(r'Did you mean "([^"]+)"', text)
+    name = key.group(1) if key else '?'
+    flag = next(
+        (a.split('=', 1)[0] for a in argv if re.match(rf'--config\..*\b{re.escape(name)}\b', a)),
+        '--config',
+    )
+    hint = f' (did you mean "{suggestion.group(1)}"?)' if suggestion else ''
+    return f'{flag}: the config has no key {name!r}{hint}'
+
+
+def _config_file_arg(argv: list[str]) -> str:
+    return next((a for a in reversed(argv) if a.startswith('--config=')), '--config')
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with the user's mistakes in --config (a missing or failing
+    config file, an override of a key the config does not have) as one error line."""
+    try:
+        remaining = flags.FLAGS(argv)
+    except flags.Error as e:
+        user_error = _user_error_in(e)
+        if user_error is not None:
+            _fail(str(user_error))
+        # As absl's own parser reports it (a second parse would define the overrides twice).
+        message = textwrap.indent(str(e), '  ').strip() if '\n' in str(e) else str(e)
+        sys.stderr.write(f'FATAL Flags parsing error: {message}\n')
+        sys.stderr.write('Pass --helpshort or --helpfull to see help on flags.\n')
+        raise SystemExit(1) from None
+    except (KeyError, AttributeError) as e:  # what ml_collections raises for such overrides
+        _fail(_misspelt_override(e, argv))
+    except ImportError as e:  # raised by the config file
+        hint = ''
+        if e.name == 'configs':
+            hint = ' (config files import the configs package: run from the repository root)'
+        _fail(f'{_config_file_arg(argv)}: {e}{hint}')
+    config = flags.FLAGS['config'].value if 'config' in flags.FLAGS else None
+    if config is not None and not isinstance(config, ml_collections.ConfigDict):
+        try:  # a file that failed to load: its error comes on first access
+            config.keys()
+        except OSError as e:
+            arg = _config_file_arg(argv)
+            path = arg.partition('=')[2].split(':', 1)[0]
+            cause = ' '.join(str(e.__cause__ or e).split())
+            _fail(f'{arg}: no such file' if not os.path.isfile(path) else f'{arg}: {cause}')
+    return remaining
+
+
+def _report_user_errors(main: Main) -> Main:
+    """`main`, with a UserError it raises printed as one `error:` line on stderr and exit
+    status 1 (after the traceback when --verbose is set)."""
+
+    @functools.wraps(main)
+    def wrapped(argv: list[str]) -> None:
+        try:
+            main(argv)
+        except UserError as e:
+            if flags.FLAGS.verbose:
+                traceback.print_exc()
+            _fail(str(e))
+
+    return wrapped
+
+
+def run(main: Main, argv: list[str] | None = None) -> None:
+    """absl's `app.run(main)` (argv: sys.argv), with --verbose and one-line user errors."""
+    if 'verbose' not in flags.FLAGS:
+        flags.DEFINE_bool('verbose', False, 'On an error, also print its traceback.')
+    app.run(_report_user_errors(main), argv=argv, flags_parser=_parse_flags)
+
 
 # Libraries whose INFO records drown the training log (Orbax logs every save in detail).
 _QUIET_PATHS = ('/orbax/', '/tensorstore/', '/jax/_src/')

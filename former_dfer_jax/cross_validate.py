@@ -17,11 +17,15 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 from absl import app, flags, logging
-from ml_collections import config_flags
 from PIL import Image
 
-from former_dfer_jax import cli, metrics, train
+from former_dfer_jax import cli, config_checks, metrics, train
+from former_dfer_jax.errors import UserError
 from former_dfer_jax.results import RunResults
+
+
+class CrossValidationError(UserError, ValueError):
+    """The summary was asked for before every fold finished."""
 
 
 def fold_dir(workdir: str, fold: int) -> str:
@@ -35,13 +39,17 @@ def fold_results(workdir: str, fold: int) -> RunResults | None:
 
 
 def run_folds(config, workdir: str, folds: Sequence[int]) -> None:
-    """Trains every fold of `folds` that has not finished yet."""
+    """Trains every fold of `folds` that has not finished yet. Every fold's config is
+    validated before the first fold starts."""
+    fold_configs = {}
     for fold in folds:
+        fold_configs[fold] = config.copy_and_resolve_references()
+        fold_configs[fold].data.fold = fold
+        config_checks.validate(fold_configs[fold])
+    for fold, fold_config in fold_configs.items():
         if fold_results(workdir, fold) is not None:
             logging.info('Fold %d already finished; skipping.', fold)
             continue
-        fold_config = config.copy_and_resolve_references()
-        fold_config.data.fold = fold
         logging.info('=== Fold %d -> %s', fold, fold_dir(workdir, fold))
         train.train_and_evaluate(fold_config, fold_dir(workdir, fold))
         if fold_results(workdir, fold) is None:
@@ -57,7 +65,9 @@ def summarize(workdir: str, folds: Sequence[int]) -> dict:
     per_fold = {fold: fold_results(workdir, fold) for fold in folds}
     missing = [fold for fold, results in per_fold.items() if results is None]
     if missing:
-        raise ValueError(f'{workdir}: folds {missing} have not finished')
+        raise CrossValidationError(
+            f'{workdir}: folds {missing} have not finished; run without --summarize_only'
+        )
     first = next(iter(per_fold.values()))
     class_names = first.class_names
     summary: dict = {'folds': list(folds), 'class_names': class_names, 'protocol': first.protocol}
@@ -115,8 +125,11 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    try:
+        folds = [int(f) for f in FLAGS.folds]
+    except ValueError:
+        raise app.UsageError(f'--folds={",".join(FLAGS.folds)}: expected integers') from None
     cli.setup()
-    folds = [int(f) for f in FLAGS.folds]
     if not FLAGS.summarize_only:
         run_folds(FLAGS.config, FLAGS.workdir, folds)
     if jax.process_index() == 0:
@@ -127,13 +140,11 @@ def main(argv: list[str]) -> None:
 
 
 def _define_flags() -> None:
-    config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
-    flags.DEFINE_string('workdir', None, 'Directory holding fold_1 .. fold_5.')
+    cli.define_config_flags(workdir_help='Directory holding fold_1 .. fold_5.')
     flags.DEFINE_list('folds', ['1', '2', '3', '4', '5'], 'Folds to run.')
     flags.DEFINE_bool('summarize_only', False, 'Only rebuild the summary from finished folds.')
-    flags.mark_flags_as_required(['config', 'workdir'])
 
 
 if __name__ == '__main__':
     _define_flags()
-    app.run(main)
+    cli.run(main)

@@ -27,9 +27,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import app, flags
 from flax import nnx
 
-from former_dfer_jax.models import build_model, count_parameters
+from former_dfer_jax import ablations, cli, config_checks
+from former_dfer_jax.models import build_abstract_model, count_parameters
 
 # The paper's complexity column (GFLOPs, i.e. multiply-adds). Its 9.11 is the model with
 # the depths of its text, S-Former N = 3 and T-Former M = 3 (the code's default N = 1).
@@ -71,6 +73,14 @@ def count_macs(fn: Callable[..., Any], *args: Any) -> int:
     return _jaxpr_macs(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
+def compiled_flops(compiled: jax.stages.Compiled) -> float | None:
+    """XLA's FLOP count of a compiled program, or None where the backend gives none."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list | tuple):  # older jax: one dict per computation
+        cost = cost[0] if cost else None
+    return float((cost or {}).get('flops', 0.0)) or None
+
+
 def model_complexity(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Parameters and forward cost of one clip in eval mode, without allocating weights.
 
@@ -78,7 +88,7 @@ def model_complexity(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
     macs (conv + matmul multiply-accumulates, padded windows counted), and the input
     shape the cost is for.
     """
-    model = nnx.eval_shape(lambda: build_model(model_config, rngs=nnx.Rngs(0)))
+    model = build_abstract_model(model_config)
     model.eval()
     graphdef, state = nnx.split(model)
 
@@ -88,12 +98,10 @@ def model_complexity(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
     spec = model.spec
     shape = (1, spec.num_frames, spec.image_size, spec.image_size, 3)
     clips = jax.ShapeDtypeStruct(shape, jnp.float32)
-    cost = jax.jit(forward).lower(state, clips).compile().cost_analysis()
-    if isinstance(cost, list | tuple):  # older jax: one dict per computation
-        cost = cost[0]
+    xla_flops = compiled_flops(jax.jit(forward).lower(state, clips).compile())
     return {
         'params': count_parameters(model),
-        'flops': int(cost['flops']),
+        'flops': int(xla_flops or 0),
         'macs': count_macs(forward, state, clips),
         'input_shape': shape,
     }
@@ -137,8 +145,6 @@ def ablation_rows(
     base_config: ml_collections.ConfigDict,
 ) -> list[tuple[str, ml_collections.ConfigDict]]:
     """(name, config) of every ablation variant applied to `base_config`."""
-    from configs import ablations
-
     rows = [('former_dfer', base_config)]
     for name in ablations.table_variants():
         config = copy.deepcopy(base_config)
@@ -165,15 +171,11 @@ def format_table(results: list[tuple[str, ml_collections.ConfigDict, dict[str, A
 
 
 def main(argv: list[str]) -> None:
-    from absl import flags
-
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     FLAGS = flags.FLAGS
     config = FLAGS.config
-    if config is None:
-        from configs import default
-
-        config = default.get_config()
+    config_checks.validate(config)
     print(format_single(model_complexity(config.model), 'Former-DFER'))
     if FLAGS.ablations:
         results = []
@@ -188,12 +190,11 @@ def main(argv: list[str]) -> None:
         )
 
 
-if __name__ == '__main__':
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file(
-        'config', None, 'Config file (default: configs/default.py).', lock_config=True
-    )
+def _define_flags() -> None:
+    cli.define_config_flags()
     flags.DEFINE_bool('ablations', False, 'Also print the table of every ablation variant.')
-    app.run(main)
+
+
+if __name__ == '__main__':
+    _define_flags()
+    cli.run(main)

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import jax
 from absl import app, flags
-from ml_collections import config_flags
 
-from former_dfer_jax import cli, metrics, train
+from former_dfer_jax import cli, config_checks, metrics, train
 from former_dfer_jax.results import RunResults, results_path
 
 
@@ -48,6 +47,7 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    config_checks.validate(FLAGS.config)
     cli.setup()
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     if jax.process_index() == 0 and RunResults.read(FLAGS.workdir) is not None:
@@ -55,11 +55,9 @@ def main(argv: list[str]) -> None:
 
 
 def _define_flags() -> None:
-    config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
-    flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
-    flags.mark_flags_as_required(['config', 'workdir'])
+    cli.define_config_flags(workdir_help='Directory for checkpoints, logs and results.')
 
 
 if __name__ == '__main__':
     _define_flags()
-    app.run(main)
+    cli.run(main)

@@ -28,7 +28,7 @@ from clu import metrics as clu_metrics
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from former_dfer_jax import checkpointing, data, evaluate, metrics, sharding, steps
+from former_dfer_jax import checkpointing, config_checks, data, evaluate, metrics, sharding, steps
 from former_dfer_jax.errors import UserError
 from former_dfer_jax.models import build_abstract_model, build_model
 from former_dfer_jax.results import RunResults
@@ -297,6 +297,7 @@ def train_and_evaluate(
     behaves as if a stop signal arrived after that global step (for tests and debugging):
     the run saves a checkpoint there and returns.
     """
+    config_checks.validate(config)  # before any work: a bad value is named at once
     os.makedirs(workdir, exist_ok=True)
     is_chief = jax.process_index() == 0
 

@@ -21,7 +21,7 @@ CONFIG_FILES = sorted(
 SPECS = [*CONFIG_FILES, *(f'configs/ablations.py:{v}' for v in ablations.table_variants())]
 
 
-def _load(spec: str, *overrides: str):
+def load_config(spec: str, *overrides: str):
     """Parses a command line as `python -m former_dfer_jax.main --config=...` does."""
     argv = ['prog', f'--config={os.path.join(ROOT, spec)}', *overrides]
     flag_values = flags.FlagValues()
@@ -45,7 +45,7 @@ def test_the_expected_configs_exist():
 
 @pytest.mark.parametrize('spec', SPECS)
 def test_config_loads_and_its_model_builds(spec):
-    config = _load(spec)
+    config = load_config(spec)
     for key in ('seed', 'batch_size', 'eval_batch_size', 'num_epochs', 'init_from'):
         assert key in config
     for key in ('name', 'root', 'fold', 'cache_dir', 'image_size', 'val_fraction'):
@@ -56,22 +56,24 @@ def test_config_loads_and_its_model_builds(spec):
 
 def test_a_misspelt_override_is_an_error():
     with pytest.raises(AttributeError, match='Did you mean "learning_rate"'):
-        _load('configs/dfew.py', '--config.optimizer.learnig_rate=0.1')
+        load_config('configs/dfew.py', '--config.optimizer.learnig_rate=0.1')
 
 
 def test_image_size_and_frame_count_overrides_reach_the_model():
-    config = _load('configs/dfew.py', '--config.data.image_size=64', '--config.data.num_segments=4')
+    config = load_config(
+        'configs/dfew.py', '--config.data.image_size=64', '--config.data.num_segments=4'
+    )
     assert config.model.image_size == 64
     assert config.model.num_frames == 8
 
 
 def test_the_reference_recipe():
-    config = _load('configs/dfew.py')
+    config = load_config('configs/dfew.py')
     assert (config.batch_size, config.num_epochs) == (32, 100)
     opt = config.optimizer
     assert (opt.learning_rate, opt.momentum, opt.weight_decay) == (0.01, 0.9, 1e-4)
     assert (opt.lr_decay_every_epochs, opt.lr_decay_factor) == (40, 0.1)
     assert (config.model.spatial.depth, config.model.temporal.depth) == (1, 3)
-    assert _load('configs/dfew_paper.py').model.spatial.depth == 3
-    afew = _load('configs/afew.py')
+    assert load_config('configs/dfew_paper.py').model.spatial.depth == 3
+    afew = load_config('configs/afew.py')
     assert (afew.optimizer.learning_rate, afew.num_epochs, afew.data.name) == (0.001, 20, 'afew')

@@ -1,12 +1,18 @@
 """The optimizer and schedule follow torch.optim.SGD + StepLR exactly."""
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from former_dfer_jax import steps
+from former_dfer_jax.models import build_model
+from tests.tiny import random_clips, tiny_config
 
 
 def _opt_config(**overrides):
@@ -96,3 +102,21 @@ def test_adamw_matches_torch_adamw():
 def test_an_unknown_optimizer_is_named():
     with pytest.raises(ValueError, match=r"optimizer\.name='adam'"):
         steps.make_optimizer(_opt_config(name='adam'), lambda count: 0.1)
+
+
+def test_a_bfloat16_train_step_keeps_parameters_optimizer_state_and_statistics_in_float32():
+    config = tiny_config()
+    config.model.compute_dtype = 'bfloat16'
+    schedule = steps.step_decay_schedule(config.optimizer, steps_per_epoch=7)
+    tx = steps.make_optimizer(config.optimizer, schedule)
+    state = steps.init_train_state(build_model(config.model, rngs=nnx.Rngs(0)), tx)
+    batch = {
+        'video': jnp.asarray(random_clips(config, 2)),
+        'label': jnp.asarray([0, 3]),
+    }
+    state, out = jax.jit(functools.partial(steps.train_step, tx=tx, schedule=schedule))(
+        state, batch
+    )
+    for tree in (state.params, state.rest, state.opt_state):
+        assert {x.dtype for x in jax.tree.leaves(tree) if x.ndim} == {np.dtype(np.float32)}
+    assert out['loss'].dtype == jnp.float32 and np.isfinite(float(out['loss']))

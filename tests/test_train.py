@@ -136,6 +136,49 @@ def test_sigterm_makes_the_loop_save_and_return(tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler given back
 
 
+def test_a_second_ctrl_c_stops_at_once():
+    with train.StopRequest() as stop:
+        assert not stop.should_stop(1, sync_point=True)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.should_stop(2, sync_point=False)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def _tensorboard_tags(workdir: str) -> set[str]:
+    import tensorflow as tf
+
+    tags = set()
+    for name in os.listdir(workdir):
+        if name.startswith('events.out.tfevents'):
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, name)):
+                tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+def test_a_validation_split_picks_the_best_epoch_by_uar_among_the_evaluated_ones(tmp_path):
+    config = tiny_config(num_epochs=3)
+    config.data.val_fraction = 0.25
+    config.checkpoint.best_metric = 'uar'
+    config.eval_every_epochs = 2
+    workdir = str(tmp_path / 'validated')
+    train.train_and_evaluate(config, workdir)
+    results = RunResults.read(workdir)
+    assert results.selection_split == 'validation' and 'validation protocol' in results.protocol
+    assert [h['epoch'] for h in results.history] == [1, 2, 3]
+    evaluated = [h for h in results.history if 'test' in h]
+    assert [h['epoch'] for h in evaluated] == [2, 3]  # every second epoch, and the last
+    best = max(evaluated, key=lambda h: h['validation']['uar'])  # the first of equals
+    assert results.best.epoch == best['epoch'] and results.best.selected_on == 'validation uar'
+    assert results.best.selection_value == best['validation']['uar']
+    assert results.best.test['war'] == best['test']['war']  # its test numbers are reported
+    assert results.last.epoch == 3
+    tags = _tensorboard_tags(workdir)
+    expected = {'train/loss', 'train/accuracy', 'train/learning_rate', 'test/war', 'test/uar'}
+    expected |= {'validation/uar', 'test/recall/happiness', 'test/confusion_matrix'}
+    assert expected <= tags
+
+
 def test_a_workdir_of_another_model_is_refused_with_the_differences(tiny_run):
     _, workdir, _ = tiny_run
     other = tiny_config(num_epochs=EPOCHS)

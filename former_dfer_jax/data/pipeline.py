@@ -141,11 +141,6 @@ def load(
     """
     if split not in SPLITS:
         raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
-    if int(config.data.shuffle_buffer):
-        raise ValueError(
-            'data.shuffle_buffer must be 0: the train order is an exact permutation at the '
-            'index level, which costs nothing, so an approximate shuffle buffer is not offered'
-        )
     prepared = prepare(config)
     splits = split_indices(prepared, config)
     if split not in splits:

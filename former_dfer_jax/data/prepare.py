@@ -221,20 +221,22 @@ def _open_prepared(config: ml_collections.ConfigDict, builder: builder_lib.Forme
     )
 
 
-def main(argv) -> None:
-    del argv
-    from absl import flags
+def main(argv: list[str]) -> None:
+    from absl import app, flags
 
+    from former_dfer_jax import config_checks
+
+    if len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     config = flags.FLAGS.config
+    config_checks.validate(config)
     prepared = prepare(config)
     print(f'{prepared.name}: {prepared.data_dir}')
     print(prepared.summary)
 
 
 if __name__ == '__main__':
-    from absl import app, flags
-    from ml_collections import config_flags
+    from former_dfer_jax import cli
 
-    config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
-    flags.mark_flags_as_required(['config'])
-    app.run(main)
+    cli.define_config_flags()
+    cli.run(main)

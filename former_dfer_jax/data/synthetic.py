@@ -475,5 +475,7 @@ def main(argv: list[str]) -> None:
 if __name__ == '__main__':
     from absl import app, flags
 
+    from former_dfer_jax import cli
+
     _define_flags()
-    app.run(main)
+    cli.run(main)

@@ -1,0 +1,125 @@
+"""The command-line runner: a user's mistake is one `error:` line and exit status 1, a bug
+keeps its traceback, and --verbose shows the traceback of a mistake too."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from former_dfer_jax import cli
+from former_dfer_jax.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def run(capsys, monkeypatch):
+    """Runs `cli.run(main)` in this process on a command line: (exit status, stderr)."""
+    was_parsed = flags.FLAGS.is_parsed()
+
+    def run_main(main, *args: str) -> tuple[int, str]:
+        argv = ['prog', *args]
+        monkeypatch.setattr(sys, 'argv', argv)  # config_flags reads its overrides there
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run(main, argv=argv)
+        return exit_info.value.code, capsys.readouterr().err
+
+    yield run_main
+    flags.FLAGS['verbose'].value = False
+    if not was_parsed:
+        flags.FLAGS.unparse_flags()
+
+
+@pytest.fixture
+def config_flag():
+    """--config defined as the entry points define it, removed again afterwards."""
+    cli.define_config_flags()
+    yield
+    for name in [n for n in flags.FLAGS if n == 'config' or n.startswith('config.')]:
+        delattr(flags.FLAGS, name)
+
+
+def _mistake(argv):
+    raise UserError('data.root is not set\n  point it at the dataset')
+
+
+def _never(argv):
+    pytest.fail('main ran although the command line was wrong')
+
+
+def test_a_user_error_is_one_error_line_and_exit_status_1(run):
+    status, err = run(_mistake)
+    assert status == 1
+    assert err.endswith('error: data.root is not set\n  point it at the dataset\n')
+    assert 'Traceback' not in err
+
+
+def test_verbose_shows_the_traceback_of_a_user_error_too(run):
+    status, err = run(_mistake, '--verbose')
+    assert status == 1
+    assert 'Traceback' in err and 'in _mistake' in err
+    assert err.endswith('error: data.root is not set\n  point it at the dataset\n')
+
+
+def test_any_other_exception_is_a_bug_and_keeps_its_traceback():
+    def bug(argv):
+        raise KeyError('oops')
+
+    with pytest.raises(KeyError, match='oops'):  # up to Python, which prints the traceback
+        cli.run(bug, argv=['prog'])
+    if flags.FLAGS.is_parsed():
+        flags.FLAGS.unparse_flags()
+
+
+def test_a_misspelt_config_override_is_one_error_line_with_the_suggestion(run, config_flag):
+    config = f'--config={REPO}/configs/dfew.py'
+    status, err = run(_never, config, '--config.optimizer.learnig_rate=0.1')
+    assert status == 1
+    assert err == (
+        'error: --config.optimizer.learnig_rate: the config has no key '
+        '\'learnig_rate\' (did you mean "learning_rate"?)\n'
+    )
+
+
+def test_a_missing_config_file_is_one_error_line(run, config_flag, tmp_path):
+    status, err = run(_never, f'--config={tmp_path}/dfw.py')
+    assert (status, err) == (1, f'error: --config={tmp_path}/dfw.py: no such file\n')
+
+
+def test_a_user_error_raised_by_the_config_file_is_one_error_line(run, config_flag):
+    status, err = run(_never, f'--config={REPO}/configs/ablations.py:resnet50_gru')
+    assert status == 1
+    assert err.startswith("error: unknown ablation variant 'resnet50_gru'; valid: resnet18_gru")
+    assert len(err.splitlines()) == 1
+
+
+def _main(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
+    """`python -m former_dfer_jax.main` with an empty data cache."""
+    command = [sys.executable, '-m', 'former_dfer_jax.main', f'--workdir={tmp_path}/run']
+    env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'FORMER_DFER_CACHE': str(tmp_path / 'cache')}
+    return subprocess.run(
+        command + list(overrides), cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith('error: ')]
+
+
+def test_training_without_a_dataset_root_is_one_error_line(tmp_path):
+    result = _main(tmp_path, '--config=configs/dfew.py')
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert 'Traceback' not in result.stderr
+    (line,) = _error_lines(result.stderr)
+    assert 'data.root' in line
+
+
+def test_a_bad_fold_is_refused_before_any_data_is_prepared(tmp_path):
+    result = _main(tmp_path, '--config=configs/synthetic.py', '--config.data.fold=9')
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert 'Traceback' not in result.stderr
+    assert _error_lines(result.stderr) == ['error: data.fold=9: synthetic has folds 1, 2, 3, 4, 5']
+    assert not (tmp_path / 'cache' / 'tfds').exists()
+    assert not (tmp_path / 'cache').exists() or not any((tmp_path / 'cache').iterdir())

@@ -1,0 +1,98 @@
+"""config_checks.validate: every shipped config passes; each bad value is refused before any
+work starts, with its key, its value and what is allowed."""
+
+import re
+
+import pytest
+
+from configs import default
+from former_dfer_jax import config_checks
+from former_dfer_jax.config_checks import ConfigError
+from former_dfer_jax.data import sources
+from former_dfer_jax.errors import UserError
+from tests.test_configs import SPECS, load_config
+
+
+@pytest.mark.parametrize('spec', SPECS)
+def test_every_shipped_config_validates(spec):
+    config_checks.validate(load_config(spec))
+
+
+def _set(config, key: str, value) -> None:
+    *parents, leaf = key.split('.')
+    node = config
+    for parent in parents:
+        node = node[parent]
+    node[leaf] = value
+
+
+@pytest.mark.parametrize(
+    ('key', 'value', 'allowed'),
+    [
+        ('data.name', 'kinetics', "expected one of 'dfew', 'afew', 'ferv39k', 'synthetic'"),
+        ('data.fold', 9, 'dfew has folds 1, 2, 3, 4, 5'),
+        ('data.fold', 0, 'dfew has folds 1, 2, 3, 4, 5'),
+        ('batch_size', 0, 'expected an integer >= 1'),
+        ('eval_batch_size', -4, 'expected an integer >= 1'),
+        ('num_epochs', 0, 'expected an integer >= 1'),
+        ('log_every_steps', 0, 'expected an integer >= 1'),
+        ('eval_every_epochs', 0, 'expected an integer >= 1'),
+        ('checkpoint.every_steps', -1, 'expected an integer >= 0'),
+        ('checkpoint.best_metric', 'accuracy', "expected one of 'war', 'uar'"),
+        ('checkpoint.keep_latest', 0, 'expected an integer >= 1'),
+        ('optimizer.name', 'adam', "expected one of 'sgd', 'adamw'"),
+        ('optimizer.learning_rate', -0.1, 'expected >= 0'),
+        ('data.val_fraction', 1.0, 'expected 0 <= value < 1'),
+        ('data.val_fraction', -0.1, 'expected 0 <= value < 1'),
+        ('data.crop_area_min', 0.0, 'expected 0 < value <= 1'),
+        ('data.crop_area_min', 1.5, 'expected 0 < value <= 1'),
+        ('data.num_segments', 0, 'expected an integer >= 1'),
+        ('data.segment_length', 0, 'expected an integer >= 1'),
+        ('model.spatial.depth', 0, 'expected >= 1'),
+        ('model.resnet_depth', 50, 'expected one of [18, 34]'),
+    ],
+)
+def test_a_bad_value_is_refused_naming_its_key_value_and_what_is_allowed(key, value, allowed):
+    config = default.get_config()
+    _set(config, key, value)
+    with pytest.raises(ConfigError) as error:
+        config_checks.validate(config)
+    # One line per problem (a zero segment count also makes model.num_frames zero).
+    lines = str(error.value).splitlines()
+    assert f'{key}={value!r}: {allowed}' in [line.strip() for line in lines], lines
+
+
+def test_the_folds_follow_each_dataset():
+    for name, fold in (('afew', 0), ('ferv39k', 0), ('synthetic', 5), ('dfew', 1)):
+        config = default.get_config()
+        config.data.name, config.data.fold = name, fold
+        config_checks.validate(config)
+    config.data.name = 'afew'
+    with pytest.raises(ConfigError, match=r'^data\.fold=1: afew has folds 0$'):
+        config_checks.validate(config)
+
+
+def test_the_fold_rules_are_those_of_the_annotation_lists():
+    assert set(config_checks.FOLDS) == set(sources.DATASETS)
+    for name, folds in config_checks.FOLDS.items():
+        assert {str(f) for f in folds} == set(sources._LIST_FILES[name]), name
+
+
+def test_an_unknown_model_key_is_refused():
+    config = default.get_config()
+    config.model.spatial.dept = 3
+    with pytest.raises(ConfigError, match=re.escape("unknown model.spatial keys ['dept']")):
+        config_checks.validate(config)
+
+
+def test_every_problem_is_listed_one_per_line_under_a_count():
+    config = default.get_config()
+    config.batch_size, config.optimizer.name = 0, 'adam'
+    with pytest.raises(ConfigError) as error:
+        config_checks.validate(config)
+    assert str(error.value) == (
+        '2 invalid config values:\n'
+        '  batch_size=0: expected an integer >= 1\n'
+        "  optimizer.name='adam': expected one of 'sgd', 'adamw'"
+    )
+    assert isinstance(error.value, UserError)
