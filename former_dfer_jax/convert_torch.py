@@ -1,7 +1,7 @@
 """Import a checkpoint of the authors' PyTorch code (zengqunzhao/Former-DFER).
 
     python -m former_dfer_jax.convert_torch --checkpoint=model_best.pth --output=runs/imported \
-        [--config=configs/dfew.py]
+        --config=configs/dfew.py
 
 The file is read without executing anything it contains: a restricted unpickler rebuilds
 only tensors, storages and OrderedDicts, and turns every other pickled object (the
@@ -20,7 +20,6 @@ import collections
 import os
 import pickle
 import re
-import sys
 import types
 import zipfile
 from collections.abc import Mapping
@@ -31,8 +30,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from former_dfer_jax import cli, config_checks
 from former_dfer_jax.errors import UserError
-from former_dfer_jax.models import FormerDFER, build_model
+from former_dfer_jax.models import FormerDFER, build_abstract_model, build_model
 
 
 class ConversionError(UserError, ValueError):
@@ -203,7 +203,9 @@ class _ZipUnpickler(_RestrictedUnpickler):
 def _zip_prefix(archive: zipfile.ZipFile) -> str:
     pickles = [n for n in archive.namelist() if n.endswith('data.pkl') and n.count('/') == 1]
     if len(pickles) != 1:
-        raise ConversionError('not a torch.save archive (no single <name>/data.pkl)')
+        raise ConversionError(
+            'not a PyTorch checkpoint (a zip archive without a single <name>/data.pkl)'
+        )
     return pickles[0][: -len('data.pkl')]
 
 
@@ -231,22 +233,51 @@ def _to_numpy(tree: Any) -> Any:
     return tree
 
 
+# What a legacy (pre-1.6) torch.save file pickles first (torch.serialization.MAGIC_NUMBER).
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
 def load_torch_file(path: str) -> Any:
     """The object stored by `torch.save` at `path`, tensors as numpy arrays.
 
     Never executes code from the file; objects of other classes come back as inert
-    placeholders.
+    placeholders. Any file that does not read as a checkpoint is a ConversionError
+    naming it.
     """
     if not os.path.isfile(path):
         raise ConversionError(f'{path}: no such file')
+    try:
+        return _load_torch_file(path)
+    except ConversionError as e:
+        raise ConversionError(f'{path}: {e}') from None
+    except Exception as e:  # whatever a damaged or foreign file makes the readers raise
+        raise ConversionError(
+            f'{path}: not a PyTorch checkpoint, or a damaged one ({type(e).__name__}: {e})'
+        ) from e
+
+
+def _is_legacy_torch_file(path: str) -> bool:
+    with open(path, 'rb') as f:
+        try:
+            return _RestrictedUnpickler(f).load() == _LEGACY_MAGIC
+        except Exception:  # not a pickle at all
+            return False
+
+
+def _load_torch_file(path: str) -> Any:
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             return _ZipUnpickler(archive, _zip_prefix(archive)).load()
+    if not _is_legacy_torch_file(path):
+        raise ConversionError(
+            'not a PyTorch checkpoint (neither a torch.save zip archive nor the legacy '
+            'torch.save format)'
+        )
     try:
         import torch
     except ImportError:
         raise ConversionError(
-            f'{path} is in the legacy (pre-1.6) torch.save format, which needs PyTorch to '
+            'in the legacy (pre-1.6) torch.save format, which needs PyTorch to '
             'read: pip install torch (zip-format checkpoints need only numpy)'
         ) from None
     # weights_only=False only because torch refuses a custom pickle_module otherwise:
@@ -434,7 +465,7 @@ def convert_checkpoint(path: str, model_config: ml_collections.ConfigDict) -> Fo
 def _convert(checkpoint: Any, model_config: ml_collections.ConfigDict) -> FormerDFER:
     # Built abstractly: every weight comes from the checkpoint, so a random init (one
     # XLA compilation per weight shape) would be wasted.
-    abstract = nnx.eval_shape(lambda: build_model(model_config, rngs=nnx.Rngs(0)))
+    abstract = build_abstract_model(model_config)
     graphdef, _ = nnx.split(abstract)
     state = torch_state_dict_to_nnx_state(checkpoint, abstract)
     if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state)):
@@ -479,40 +510,31 @@ def convert_and_save(
 
 
 def main(argv: list[str]) -> None:
-    from absl import flags
+    from absl import app, flags
 
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     FLAGS = flags.FLAGS
-    config = FLAGS.config
-    if config is None:
-        from configs import default
-
-        config = default.get_config()
+    config_checks.validate(FLAGS.config)
     try:
-        model = convert_and_save(FLAGS.checkpoint, FLAGS.output, config)
+        model = convert_and_save(FLAGS.checkpoint, FLAGS.output, FLAGS.config)
     except ConversionError as e:
-        sys.exit(f'error: {FLAGS.checkpoint}: {e}')
+        if str(e).startswith(FLAGS.checkpoint):
+            raise
+        raise ConversionError(f'{FLAGS.checkpoint}: {e}') from e
     count = len(reference_keys(model))
     print(f'{FLAGS.checkpoint}: {count} entries imported; run directory: {FLAGS.output}')
 
 
 def _define_flags() -> None:
     from absl import flags
-    from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file(
-        'config',
-        None,
-        'Config file of the model (default: configs/default.py).',
-        lock_config=True,
-    )
+    cli.define_config_flags()
     flags.DEFINE_string('checkpoint', None, 'A .pth file saved by the reference code.')
     flags.DEFINE_string('output', None, 'Run directory to write (inference.load_model reads it).')
     flags.mark_flags_as_required(['checkpoint', 'output'])
 
 
 if __name__ == '__main__':
-    from absl import app
-
     _define_flags()
-    app.run(main)
+    cli.run(main)

@@ -20,10 +20,16 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 from flax import nnx
-from ml_collections import config_flags
 
-from former_dfer_jax import checkpointing, cli, data, inference, metrics, sharding, steps
-from former_dfer_jax.models import build_model
+from former_dfer_jax import (
+    checkpointing,
+    cli,
+    config_checks,
+    data,
+    metrics,
+    sharding,
+    steps,
+)
 
 EvalFn = Callable[[nnx.State, nnx.State, dict[str, jax.Array]], dict[str, jax.Array]]
 
@@ -69,20 +75,16 @@ def evaluate_model(
     return metrics.summarize(confusion, info.class_names)
 
 
-def evaluate_checkpoint(config, path: str, which: str = 'best', split: str = 'test') -> dict:
-    """Metrics of the checkpoint at `path` (run dir + which, or a step dir) on `split`."""
-    run_dir, _, step = checkpointing.resolve_checkpoint(path, which)
-    differences = checkpointing.model_config_differences(
-        checkpointing.read_config(run_dir).model, config.model
-    )
-    if differences:
-        raise checkpointing.CheckpointError(
-            f'{run_dir}: its model config differs from --config:\n  ' + '\n  '.join(differences)
-        )
-    model = build_model(config.model, rngs=nnx.Rngs(0))
-    inference.restore_model_weights(model, path, which)
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict, path: str, which: str = 'best', split: str = 'test'
+) -> dict[str, Any]:
+    """Metrics of the checkpoint at `path` (run dir + which, or a step dir) on `split`.
+
+    The checkpoint must be of `config.model` (a CheckpointError lists the differences).
+    """
+    model, stored = checkpointing.load_model(path, which, model_config=config.model)
     summary = evaluate_model(model, config, split)
-    summary.update({'checkpoint': run_dir, 'step': step, 'split': split})
+    summary.update({'checkpoint': stored.run_dir, 'step': stored.step, 'split': split})
     return summary
 
 
@@ -92,6 +94,7 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    config_checks.validate(FLAGS.config)
     cli.setup()
     choice = FLAGS.checkpoint
     if choice in (checkpointing.BEST, checkpointing.LATEST):
@@ -110,15 +113,13 @@ def main(argv: list[str]) -> None:
 
 
 def _define_flags() -> None:
-    config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
-    flags.DEFINE_string('workdir', None, 'The run directory holding the checkpoints.')
+    cli.define_config_flags(workdir_help='The run directory holding the checkpoints.')
     flags.DEFINE_string(
         'checkpoint', 'best', "'best', 'latest', or the path of a run or checkpoint step directory."
     )
-    flags.DEFINE_string('split', 'test', 'test | validation | train')
-    flags.mark_flags_as_required(['config', 'workdir'])
+    flags.DEFINE_enum('split', 'test', ['test', 'validation', 'train'], 'The split to evaluate.')
 
 
 if __name__ == '__main__':
     _define_flags()
-    app.run(main)
+    cli.run(main)

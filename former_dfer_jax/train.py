@@ -28,7 +28,16 @@ from clu import metrics as clu_metrics
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from former_dfer_jax import checkpointing, config_checks, data, evaluate, metrics, sharding, steps
+from former_dfer_jax import (
+    checkpointing,
+    config_checks,
+    data,
+    evaluate,
+    metrics,
+    run_lock,
+    sharding,
+    steps,
+)
 from former_dfer_jax.errors import UserError
 from former_dfer_jax.models import build_abstract_model, build_model
 from former_dfer_jax.results import RunResults
@@ -298,64 +307,66 @@ def train_and_evaluate(
     the run saves a checkpoint there and returns.
     """
     config_checks.validate(config)  # before any work: a bad value is named at once
-    os.makedirs(workdir, exist_ok=True)
-    is_chief = jax.process_index() == 0
+    # The lock first: nothing in the workdir is read or written before it is ours.
+    with run_lock.RunLock(workdir), StopRequest() as stop:
+        is_chief = jax.process_index() == 0
 
-    # Set-up: mesh, input, optimizer, state. --------------------------------------------------
-    if config.batch_size % jax.device_count():
-        raise TrainingError(
-            f'batch_size={config.batch_size} is not divisible by the {jax.device_count()} devices'
+        # Set-up: mesh, input, optimizer, state. ---------------------------------------------------
+        if config.batch_size % jax.device_count():
+            raise TrainingError(
+                f'batch_size={config.batch_size} is not divisible by the '
+                f'{jax.device_count()} devices'
+            )
+        mesh = sharding.make_mesh()
+        batch_sharding = sharding.batch_sharded(mesh)
+        info = data.info(config)
+        steps_per_epoch = info.steps_per_epoch
+        if steps_per_epoch < 1:
+            raise TrainingError(
+                f'{info.num_clips["train"]} training clips are fewer than one batch '
+                f'(batch_size={config.batch_size})'
+            )
+        total_steps = steps_per_epoch * config.num_epochs
+        schedule = steps.step_decay_schedule(config.optimizer, steps_per_epoch)
+        tx = steps.make_optimizer(config.optimizer, schedule)
+        ckpts = checkpointing.RunCheckpoints(workdir, keep_latest=config.checkpoint.keep_latest)
+        run = initial_state(config, workdir, ckpts, tx)
+        state, results, epoch_metrics = run.train, run.results, run.epoch_metrics
+        first_step = int(state.step)
+
+        # Jitted steps. ----------------------------------------------------------------------------
+        replicated = sharding.replicated(mesh)
+        train_fn = jax.jit(
+            functools.partial(train_step_with_metrics, tx=tx, schedule=schedule),
+            donate_argnums=0,
+            out_shardings=(replicated, replicated),
         )
-    mesh = sharding.make_mesh()
-    batch_sharding = sharding.batch_sharded(mesh)
-    info = data.info(config)
-    steps_per_epoch = info.steps_per_epoch
-    if steps_per_epoch < 1:
-        raise TrainingError(
-            f'{info.num_clips["train"]} training clips are fewer than one batch '
-            f'(batch_size={config.batch_size})'
+        eval_fn = evaluate.make_eval_fn(state.eval_graphdef, info.num_classes)
+        eval_splits = ['test'] if results.selection_split == 'test' else ['validation', 'test']
+
+        # Logging. ---------------------------------------------------------------------------------
+        writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+        if first_step == 0:
+            writer.write_hparams(_flat_config(config))
+        report_progress = periodic_actions.ReportProgress(
+            num_train_steps=total_steps, writer=writer, every_secs=60.0
         )
-    total_steps = steps_per_epoch * config.num_epochs
-    schedule = steps.step_decay_schedule(config.optimizer, steps_per_epoch)
-    tx = steps.make_optimizer(config.optimizer, schedule)
-    ckpts = checkpointing.RunCheckpoints(workdir, keep_latest=config.checkpoint.keep_latest)
-    run = initial_state(config, workdir, ckpts, tx)
-    state, results, epoch_metrics = run.train, run.results, run.epoch_metrics
-    first_step = int(state.step)
+        log_metrics = TrainMetrics.empty()
+        logging.info(
+            'Training %d epochs x %d steps from step %d (global batch %d, %d devices, '
+            '%d processes).',
+            config.num_epochs,
+            steps_per_epoch,
+            first_step,
+            config.batch_size,
+            jax.device_count(),
+            jax.process_count(),
+        )
 
-    # Jitted steps. ---------------------------------------------------------------------------
-    replicated = sharding.replicated(mesh)
-    train_fn = jax.jit(
-        functools.partial(train_step_with_metrics, tx=tx, schedule=schedule),
-        donate_argnums=0,
-        out_shardings=(replicated, replicated),
-    )
-    eval_fn = evaluate.make_eval_fn(state.eval_graphdef, info.num_classes)
-    eval_splits = ['test'] if results.selection_split == 'test' else ['validation', 'test']
-
-    # Logging. --------------------------------------------------------------------------------
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
-    if first_step == 0:
-        writer.write_hparams(_flat_config(config))
-    report_progress = periodic_actions.ReportProgress(
-        num_train_steps=total_steps, writer=writer, every_secs=60.0
-    )
-    log_metrics = TrainMetrics.empty()
-    logging.info(
-        'Training %d epochs x %d steps from step %d (global batch %d on %d devices, %d processes).',
-        config.num_epochs,
-        steps_per_epoch,
-        first_step,
-        config.batch_size,
-        jax.device_count(),
-        jax.process_count(),
-    )
-
-    # The loop. -------------------------------------------------------------------------------
-    stop_now, step = False, first_step
-    batches = train_batches(config, first_step)
-    try:
-        with StopRequest() as stop:
+        # The loop. --------------------------------------------------------------------------------
+        stop_now, step = False, first_step
+        batches = train_batches(config, first_step)
+        try:
             for step in range(first_step + 1, total_steps + 1):
                 epoch = (step - 1) // steps_per_epoch + 1  # 1-based, as logged
                 with jax.profiler.StepTraceAnnotation('train', step_num=step):
@@ -423,11 +434,11 @@ def train_and_evaluate(
 
                 if stop_now:
                     break
-    finally:
-        # Every save started is finished, also when the run stops on an error.
-        ckpts.wait_until_finished()
-        ckpts.close()
-        writer.flush()
+        finally:
+            # Every save started is finished, also when the run stops on an error.
+            ckpts.wait_until_finished()
+            ckpts.close()
+            writer.flush()
     if stop_now and step < total_steps:
         epoch, batch_in_epoch = divmod(step, steps_per_epoch)
         where = (

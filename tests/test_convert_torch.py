@@ -10,8 +10,11 @@ import collections
 import functools
 import math
 import os
+import pickle
+import re
 import subprocess
 import sys
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -523,6 +526,30 @@ def test_not_a_checkpoint_is_a_clear_error(tmp_path):
         convert_torch.extract_state_dict(convert_torch.load_torch_file(path))
 
 
+@pytest.mark.parametrize(
+    'content',
+    [
+        b'just text\n',
+        pickle.dumps([1, 2, 3]),
+        b'PK\x03\x04 truncated zip',
+        'zip',
+        pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2),  # a legacy file's magic, then nothing
+    ],
+    ids=['text', 'plain pickle', 'truncated zip', 'zip without data.pkl', 'truncated legacy'],
+)
+def test_a_file_that_is_not_a_pytorch_checkpoint_is_named(tmp_path, content):
+    path = tmp_path / 'model.pth'
+    if content == 'zip':
+        with zipfile.ZipFile(path, 'w') as archive:
+            archive.writestr('notes.txt', 'hello')
+    else:
+        path.write_bytes(content)
+    with pytest.raises(
+        ConversionError, match=rf'^{re.escape(str(path))}: not a PyTorch checkpoint'
+    ):
+        convert_torch.load_torch_file(str(path))
+
+
 # ---- Command line --------------------------------------------------------------------------
 
 
@@ -546,11 +573,8 @@ def test_command_line_writes_a_run_directory_that_inference_loads(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert '180 entries imported' in result.stdout  # 169 + one more S-Former layer
 
-    # As inference.load_model restores it, but into an abstract model: a random init
-    # first would only cost time.
+    model = inference.load_model(output, 'latest')
     stored = checkpointing.read_config(output)
-    model = inference.build_abstract_model(stored.model)
-    inference.restore_model_weights(model, output, 'latest')
     assert stored.model.image_size == 48 and stored.model.spatial.depth == 2
     clips = small_clips(7)
     with torch.no_grad():

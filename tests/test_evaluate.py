@@ -43,3 +43,11 @@ def test_a_checkpoint_of_another_model_is_refused(tiny_run):
 def test_a_missing_checkpoint_names_the_path(tmp_path):
     with pytest.raises(checkpointing.CheckpointError, match='no such checkpoint'):
         evaluate.evaluate_checkpoint(tiny_config(), str(tmp_path / 'nothing'), 'best')
+
+
+def test_a_run_directory_without_checkpoints_is_named(tmp_path):
+    config = tiny_config()
+    checkpointing.write_config(str(tmp_path), config)  # a run that never saved a step
+    with pytest.raises(checkpointing.CheckpointError, match='no best checkpoint') as caught:
+        evaluate.evaluate_checkpoint(config, str(tmp_path), 'best')
+    assert str(tmp_path) in str(caught.value)
