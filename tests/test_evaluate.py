@@ -1,35 +1,32 @@
 """evaluate: metrics of one stored checkpoint, equal to what training recorded."""
 
-import json
-import os
-
 import numpy as np
 import pytest
 
 from former_dfer_jax import checkpointing, evaluate
+from former_dfer_jax.results import EpochResult, RunResults
 from tests.tiny import tiny_config
 
 
-def _recorded(workdir: str, which: str) -> dict:
-    with open(os.path.join(workdir, 'results.json')) as f:
-        return json.load(f)[which]
+def _recorded(workdir: str, which: str) -> EpochResult:
+    return getattr(RunResults.read(workdir), which)
 
 
 def test_the_latest_checkpoint_scores_what_the_last_epoch_recorded(tiny_run):
     config, workdir, _ = tiny_run
     summary = evaluate.evaluate_checkpoint(config, workdir, 'latest')
     recorded = _recorded(workdir, 'last')
-    assert summary['step'] == recorded['step']
-    np.testing.assert_array_equal(summary['confusion_matrix'], recorded['test']['confusion_matrix'])
-    assert summary['war'] == pytest.approx(recorded['test']['war'])
+    assert summary['step'] == recorded.step
+    np.testing.assert_array_equal(summary['confusion_matrix'], recorded.test['confusion_matrix'])
+    assert summary['war'] == recorded.test['war']  # the same counts, the same division
 
 
 def test_the_best_checkpoint_is_the_recorded_best_epoch(tiny_run):
     config, workdir, _ = tiny_run
     summary = evaluate.evaluate_checkpoint(config, workdir, 'best')
     recorded = _recorded(workdir, 'best')
-    assert summary['step'] == recorded['step']
-    assert summary['war'] == pytest.approx(recorded['test']['war'])
+    assert summary['step'] == recorded.step
+    assert summary['war'] == recorded.test['war']  # the same counts, the same division
 
 
 def test_a_checkpoint_of_another_model_is_refused(tiny_run):
