@@ -7,6 +7,7 @@ import sys
 
 import pytest
 from absl import flags
+from absl.testing import flagsaver
 
 from former_dfer_jax import cli
 from former_dfer_jax.errors import UserError
@@ -123,3 +124,36 @@ def test_a_bad_fold_is_refused_before_any_data_is_prepared(tmp_path):
     assert _error_lines(result.stderr) == ['error: data.fold=9: synthetic has folds 1, 2, 3, 4, 5']
     assert not (tmp_path / 'cache' / 'tfds').exists()
     assert not (tmp_path / 'cache').exists() or not any((tmp_path / 'cache').iterdir())
+
+
+def run_entry_point(entry_point, *args: str) -> int:
+    """Runs a command-line tool (`python -m former_dfer_jax.<tool> ARGS`) in this process,
+    as `cli.run` runs it, and returns its exit status. The tool's flags are defined for
+    the call; afterwards every flag is as it was (values, definitions, parsed or not)."""
+    saved, was_parsed, argv_before = flagsaver.save_flag_values(), flags.FLAGS.is_parsed(), sys.argv
+    argv = [entry_point.__name__, *args]
+    sys.argv = argv  # config_flags reads its overrides there
+    try:
+        entry_point._define_flags()
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run(entry_point.main, argv=argv)
+    finally:
+        sys.argv = argv_before
+        flagsaver.restore_flag_values(saved)  # also deletes the flags defined for the call
+        if not was_parsed:
+            flags.FLAGS.unparse_flags()
+    code = exit_info.value.code
+    return 0 if code is None else code  # sys.exit(None) is success
+
+
+def test_an_entry_point_runs_in_process_and_leaves_the_flags_as_they_were(capsys, tmp_path):
+    from former_dfer_jax import evaluate
+
+    before = set(flags.FLAGS)
+    config = f'--config={REPO}/configs/synthetic.py'
+    status = run_entry_point(evaluate, config, '--config.data.fold=9', f'--workdir={tmp_path}')
+    assert status == 1
+    assert capsys.readouterr().err.endswith(
+        'error: data.fold=9: synthetic has folds 1, 2, 3, 4, 5\n'
+    )
+    assert set(flags.FLAGS) == before

@@ -1,10 +1,15 @@
 """evaluate: metrics of one stored checkpoint, equal to what training recorded."""
 
+import json
+import os
+import shutil
+
 import numpy as np
 import pytest
 
 from former_dfer_jax import checkpointing, evaluate
 from former_dfer_jax.results import EpochResult, RunResults
+from tests.test_cli import run_entry_point
 from tests.tiny import tiny_config
 
 
@@ -48,3 +53,39 @@ def test_a_run_directory_without_checkpoints_is_named(tmp_path):
     with pytest.raises(checkpointing.CheckpointError, match='no best checkpoint') as caught:
         evaluate.evaluate_checkpoint(config, str(tmp_path), 'best')
     assert str(tmp_path) in str(caught.value)
+
+
+def test_evaluate_checkpoint_path_scores_that_step_and_writes_eval_path_step_split_json(
+    tiny_run, tmp_path, capsys
+):
+    _, source, _ = tiny_run
+    # A copy without best/: only the step directory itself names the first epoch's step.
+    run_dir = str(tmp_path / 'run')
+    shutil.copytree(source, run_dir, ignore=shutil.ignore_patterns(checkpointing.BEST))
+    history = RunResults.read(run_dir).history
+    first_epoch = history[0]  # 'best' and 'latest' would both be the last epoch's
+    step_dir = os.path.join(run_dir, 'checkpoints', 'latest', str(first_epoch['step']))
+    config_file = tmp_path / 'tiny.py'  # the tiny run's config as a config file
+    config_file.write_text('from tests.tiny import tiny_config\n\nget_config = tiny_config\n')
+    out_dir = tmp_path / 'out'
+    out_dir.mkdir()
+
+    status = run_entry_point(
+        evaluate, f'--config={config_file}', f'--workdir={out_dir}', f'--checkpoint={step_dir}'
+    )
+
+    assert status == 0
+    out = out_dir / f'eval_path_step{first_epoch["step"]}_test.json'
+    assert os.listdir(out_dir) == [out.name]
+    with open(out) as f:
+        written = json.load(f)
+    assert (written['checkpoint'], written['step'], written['split']) == (
+        run_dir,
+        first_epoch['step'],
+        'test',
+    )
+    assert written['war'] == first_epoch['test']['war']
+    assert written['uar'] == first_epoch['test']['uar']
+    printed = capsys.readouterr().out
+    assert f'test split of {run_dir} at step {first_epoch["step"]}, percent:' in printed
+    assert f'Written to {out}' in printed
