@@ -26,7 +26,7 @@ demo: $(VENV)/.runtime-installed
 
 # The whole test suite (what CI runs).
 test: $(VENV)/.dev-installed
-	$(BIN)/python -m pytest -q -n 2 tests
+	$(BIN)/python -m pytest -q -rs -n 2 tests
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check former_dfer_jax configs tests

@@ -12,6 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# The suite runs on the CPU wherever it runs (a GPU host included), so its results and
+# tolerances are those measured on the CPU. conftest is imported before any test module, so
+# before jax; subprocesses inherit the setting (with their own XLA_FLAGS device count).
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
 RUN_DIR_ENV = 'FORMER_DFER_TEST_RUN_DIR'
 
 

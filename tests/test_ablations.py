@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+from flax import nnx
 
 from configs import ablations, default
+from former_dfer_jax import ablations as variants
+from former_dfer_jax import steps
 from former_dfer_jax.flops import _describe
+from former_dfer_jax.models import build_model
+from tests.tiny import random_clips, tiny_config
 
 
 def test_unknown_or_missing_variant_lists_the_valid_names():
@@ -69,3 +77,37 @@ def test_descriptions():
     assert _describe(ablations.get_config('resnet34_gru').model) == ('ResNet34', 'GRU 512', '-,-')
     spatial, _, depths = _describe(ablations.get_config('sformer_after_conv5').model)
     assert spatial == 'ResNet18+S-Former@conv5' and depths == '1,3'
+
+
+# The variants that bring a module or code path of their own, which no other test trains:
+# the recurrent heads, the S-Former on the layer4 map, mean pooling over frames. The
+# others recombine these with the default's modules (trained in test_train) or only
+# change depths. Each costs one compilation of a train step, 11-22 s on 2 cores: all 16
+# variants would add 3-5 minutes to the suite.
+TRAINED_VARIANTS = ['resnet18_gru', 'resnet18_lstm', 'sformer_after_conv5', 'temporal_mean']
+
+
+@pytest.mark.parametrize('variant', TRAINED_VARIANTS)
+def test_variants_with_their_own_modules_take_a_train_step_that_trains_every_parameter(
+    variant,
+):
+    # At the tiny config's size (4 frames of 32x32, batch 4) and without weight decay, so
+    # that a parameter moves only if its gradient is nonzero.
+    config = tiny_config()
+    variants.apply_variant(config, variant)
+    config.optimizer.weight_decay = 0.0
+    schedule = steps.step_decay_schedule(config.optimizer, steps_per_epoch=1)
+    tx = steps.make_optimizer(config.optimizer, schedule)
+
+    @jax.jit
+    def init_and_step(batch):
+        state = steps.init_train_state(build_model(config.model, rngs=nnx.Rngs(0)), tx)
+        new_state, metrics = steps.train_step(state, batch, tx=tx, schedule=schedule)
+        moved = jax.tree.map(lambda a, b: jnp.any(a != b), state.params, new_state.params)
+        return metrics['loss'], moved
+
+    batch = {'video': random_clips(config, 4), 'label': np.array([0, 3, 5, 6], np.int32)}
+    loss, moved = init_and_step(batch)
+    assert np.isfinite(float(loss))
+    paths = jax.tree_util.tree_leaves_with_path(moved)
+    assert [jax.tree_util.keystr(path) for path, m in paths if not m] == []

@@ -53,7 +53,9 @@ def test_conv_matches_lax(size, kernel, stride, pad, ynn, monkeypatch):
     y0, vjp0 = jax.vjp(lambda x, w: _lax_conv(x, w, stride, pad), x, w)
     y1, vjp1 = jax.vjp(jax.jit(lambda x, w: _new_conv(x, w, stride, pad)), x, w)
     g = jnp.asarray(rng.normal(size=y0.shape), jnp.float32)
-    np.testing.assert_allclose(y1, y0, atol=2e-5)
+    # Measured max abs error over these cases (values up to ~48): 1.4e-6 for the outputs,
+    # 2.3e-5 for the gradients (summed over up to 5 x 8 x 8 positions); ~7x and ~2x.
+    np.testing.assert_allclose(y1, y0, rtol=0, atol=1e-5)
     for got, want in zip(vjp1(g), vjp0(g), strict=True):
         np.testing.assert_allclose(got, want, atol=5e-5)
 
@@ -67,7 +69,7 @@ def test_kernel_gradient_in_chunks_with_a_remainder(monkeypatch):
     monkeypatch.setattr(conv, 'PATCH_CHUNK_BYTES', 2 * frame_bytes)
     got = conv.kernel_gradient(x, g, (3, 3), (1, 1), ((1, 1), (1, 1)))
     _, vjp = jax.vjp(lambda w: _lax_conv(x, w, 1, 1), jnp.zeros((3, 3, 3, 5)))
-    np.testing.assert_allclose(got, vjp(g)[0], atol=5e-5)
+    np.testing.assert_allclose(got, vjp(g)[0], atol=5e-5)  # measured 1.7e-5 (values < 39)
 
 
 def test_live_taps():
@@ -112,4 +114,5 @@ def test_max_pool_matches_reduce_window(shape, window, ties):
     y1, vjp1 = jax.vjp(jax.jit(lambda x: conv.max_pool(x, kernel, stride, pad)), jnp.asarray(x))
     g = jnp.asarray(rng.normal(size=y0.shape), jnp.float32)
     np.testing.assert_array_equal(y1, y0)
+    # Measured 4.8e-7 (gradients < 5.4), ~2x below the limit.
     np.testing.assert_allclose(vjp1(g)[0], vjp0(g)[0], atol=1e-6)

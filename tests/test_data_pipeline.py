@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from former_dfer_jax.data import pipeline, sampling
+from former_dfer_jax.data import pipeline
 from former_dfer_jax.data.benchmark import benchmark_input
 from former_dfer_jax.data.prepare import prepare
 
@@ -12,6 +12,22 @@ from former_dfer_jax.data.prepare import prepare
 LENGTHS = [1, 3, 8, 9, 10, 16, 17, 20, 33, 40, 63]
 CLIPS = {i: (LENGTHS[(i - 1) % len(LENGTHS)], i % 7) for i in range(1, 23)}
 FOLD1_TRAIN, FOLD1_TEST = list(range(1, 17)), list(range(17, 23))
+
+# The reference's rule (U = 8 segments of V = 2 frames, N frames), worked by hand for
+# these lengths. Test: if N > U + V - 1, tick = (N - 1) / 8 and start_i = int(tick / 2 +
+# tick i), else every start is 0. Frames are start_i and start_i + 1.
+EVAL_STARTS = {  # the test clips' lengths (ids 17..22)
+    16: [0, 2, 4, 6, 8, 10, 12, 14],  # tick 1.875: int(0.9375 + 1.875 i)
+    17: [1, 3, 5, 7, 9, 11, 13, 15],  # tick 2: 1 + 2 i
+    20: [1, 3, 5, 8, 10, 13, 15, 17],  # tick 2.375: int(1.1875 + 2.375 i)
+    33: [2, 6, 10, 14, 18, 22, 26, 30],  # tick 4: 2 + 4 i
+    40: [2, 7, 12, 17, 21, 26, 31, 36],  # tick 4.875: int(2.4375 + 4.875 i)
+    63: [3, 11, 19, 27, 34, 42, 50, 58],  # tick 7.75: int(3.875 + 7.75 i)
+}
+# Train: avg = (N - 1) // 8; when avg > 0, start_i is drawn from segment i, [i avg,
+# (i + 1) avg); avg = 0 means N <= 8, and every start is 0 (the sorted random starts for
+# avg = 0 and N > U need V > 2). Frames are start_i and min(start_i + 1, N - 1).
+TRAIN_SEGMENT = {1: 0, 3: 0, 8: 0, 9: 1, 10: 1, 16: 1, 17: 2, 20: 2, 33: 4, 40: 4, 63: 7}
 
 
 @pytest.fixture(scope='module')
@@ -66,11 +82,12 @@ def test_eval_covers_every_clip_once_padding_masked(config, raw_data):
     # The frames the model sees are the rule's (frame t has red = 4 t in the fixtures).
     frames = raw_data.frame_of(stacked(got, 'video'))
     for row, clip_id in enumerate(clip_ids[:6]):
-        expected = sampling.sample_frame_indices(CLIPS[clip_id][0], 8, 2, train=False)
-        np.testing.assert_array_equal(frames[row], expected)
+        starts = np.array(EVAL_STARTS[CLIPS[clip_id][0]])
+        expected = np.stack([starts, starts + 1], axis=1).ravel()
+        np.testing.assert_array_equal(frames[row], expected, err_msg=f'clip {clip_id}')
 
 
-def test_train_epoch_is_a_permutation_with_the_planned_frames(config, raw_data):
+def test_train_epoch_is_a_permutation_with_frames_drawn_by_the_rule(config, raw_data):
     got = batches(config, 'train', epoch=0)
     assert len(got) == 4
     clip_ids = ids(stacked(got, 'clip_id'))
@@ -84,15 +101,22 @@ def test_train_epoch_is_a_permutation_with_the_planned_frames(config, raw_data):
         prepared, config, np.array([record[f'{c:05d}'] for c in clip_ids]), train=True, epoch=0
     )
     video = stacked(got, 'video')
-    np.testing.assert_array_equal(raw_data.frame_of(video), plans['frames'])
-    for row, clip_id in enumerate(clip_ids):  # planned frames obey the train rule
+    frames = raw_data.frame_of(video).reshape(len(clip_ids), 8, 2)
+    drawn = []  # starts of segments wider than one frame, relative to the segment
+    for row, clip_id in enumerate(clip_ids):
         n = CLIPS[clip_id][0]
-        offsets = plans['frames'][row].reshape(8, 2)[:, 0]
-        avg = (n - 1) // 8
-        if avg > 0:
-            assert np.all(offsets // avg == np.arange(8)), (clip_id, offsets)
+        starts, width = frames[row, :, 0], TRAIN_SEGMENT[n]
+        np.testing.assert_array_equal(frames[row, :, 1], np.minimum(starts + 1, n - 1))
+        if width == 0:
+            assert np.all(starts == 0), (clip_id, starts)
         else:
-            assert np.all(offsets == 0)
+            first = width * np.arange(8)
+            assert np.all((first <= starts) & (starts < first + width)), (clip_id, starts)
+            if width > 1:
+                drawn.extend(starts - first)
+    assert len(drawn) == 5 * 8 and 0 < np.count_nonzero(drawn) < 40  # random in segments
+    # ... and the plan the pipeline reads them by says the same.
+    np.testing.assert_array_equal(frames.reshape(len(clip_ids), 16), plans['frames'])
     # Blue ramps left to right in every fixture frame: reversed exactly when flipped.
     blue = video[..., 2].mean(axis=(1, 2))  # [clips, width]
     rising = blue[:, -1] > blue[:, 0]

@@ -48,16 +48,40 @@ def abstract_forward(model_config):
     return (lambda state, clips: nnx.merge(graphdef, state)(clips)), state, x
 
 
-def test_count_macs_of_a_conv_and_a_matmul():
-    x = jax.ShapeDtypeStruct((2, 8, 8, 4), jnp.float32)
-    w = jax.ShapeDtypeStruct((3, 3, 4, 5), jnp.float32)
-    conv = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
-        x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+def small_network(x, w1, w2, wh, wo):
+    """A conv, a grouped conv, attention's two products, a 3-step scan, a nested jit."""
+    dn = ('NHWC', 'HWIO', 'NHWC')
+    y = jax.lax.conv_general_dilated(x, w1, (2, 2), ((1, 1), (1, 1)), dimension_numbers=dn)
+    y = jax.nn.relu(y)
+    y = jax.lax.conv_general_dilated(
+        y, w2, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn, feature_group_count=2
     )
-    assert flops.count_macs(conv, x, w) == 2 * 4 * 4 * 5 * (3 * 3 * 4)
-    a = jax.ShapeDtypeStruct((3, 7, 11), jnp.float32)
-    b = jax.ShapeDtypeStruct((11, 13), jnp.float32)
-    assert flops.count_macs(lambda a, b: jnp.tanh(a @ b), a, b) == 3 * 7 * 11 * 13
+    tokens = y.reshape(2, 16, 4)
+    scores = jnp.einsum('bnd,bmd->bnm', tokens, tokens)
+    out = jnp.einsum('bnm,bmd->bnd', jax.nn.softmax(scores, -1), tokens)
+
+    def step(h, _):
+        return jnp.tanh(h @ wh), None
+
+    h, _ = jax.lax.scan(step, out.mean(1), None, length=3)
+    return jax.jit(lambda h, w: h @ w)(h, wo)
+
+
+def test_count_macs_of_a_small_network_worked_by_hand():
+    shapes = [(2, 8, 8, 3), (3, 3, 3, 4), (3, 3, 2, 4), (4, 4), (4, 7)]
+    args = [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes]
+    # Each product: output elements x multiply-adds per element; elementwise work
+    # (relu, softmax, tanh, mean) is not counted.
+    expected = (
+        2 * 4 * 4 * 4 * (3 * 3 * 3)  # conv 3x3/2 pad 1: 8x8x3 -> 4x4x4, full windows: 3456
+        + 2 * 4 * 4 * 4 * (3 * 3 * 2)  # 2 groups: each output sees 2 of the 4 inputs: 2304
+        + 2 * 16 * 16 * 4  # q k^T over 16 tokens of 4: 2048
+        + 2 * 16 * 4 * 16  # attention x v: 2048
+        + 3 * (2 * 4 * 4)  # 3 scan steps of a [2, 4] x [4, 4] product: 96
+        + 2 * 7 * 4  # the nested jit's [2, 4] x [4, 7] product: 56
+    )
+    assert expected == 10_008
+    assert flops.count_macs(small_network, *args) == expected
 
 
 def test_count_macs_multiplies_scan_bodies_by_their_length():

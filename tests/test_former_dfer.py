@@ -155,6 +155,8 @@ def test_logits_clips_are_independent_and_frames_share_the_cs_former(tiny_model)
     assert logits.shape == (2, 7) and logits.dtype == jnp.float32
     assert np.all(np.isfinite(logits)) and not np.allclose(logits[0], logits[1])
     swapped, _ = apply(tiny_model, x[::-1])
+    # Measured: bitwise equal. 1e-5 is ~10 float32 ulps of these logits (|logit| ~12),
+    # room for kernels whose rounding depends on a row's place in the batch.
     np.testing.assert_allclose(swapped, logits[::-1], atol=1e-5)
     # Frames are folded into the batch: each of the trunk's 20 convolutions runs once,
     # on all 2 x 2 frames, with the same (shared) kernel.
@@ -192,11 +194,12 @@ def test_train_mode_uses_and_updates_batch_statistics_and_trains_every_parameter
 
     assert not np.allclose(train_logits, eval_logits)  # batch statistics, not running ones
     # running = 0.9 * running + 0.1 * batch statistic (the stem BatchNorm's mean here).
+    # Measured max abs error 3.0e-8 (1 ulp of the ~0.3 means); 2e-7 is ~7x that.
     np.testing.assert_allclose(
         after['spatial']['trunk']['bn1']['mean'][...],
         0.9 * before['spatial']['trunk']['bn1']['mean'][...] + 0.1 * batch_mean,
-        rtol=1e-4,
-        atol=1e-6,
+        rtol=0,
+        atol=2e-7,
     )
     changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), before, after)
     assert all(jax.tree.leaves(changed))  # every BatchNorm's mean and var moved
@@ -224,7 +227,9 @@ def test_bfloat16_computes_in_bfloat16_and_returns_float32(tiny_model):
     logits, _ = apply(model, x)
     reference, _ = apply(tiny_model, x)
     assert logits.dtype == jnp.float32
-    np.testing.assert_allclose(logits, reference, atol=0.1 * float(np.abs(reference).max()))
+    # bf16 keeps 8 significant bits (~0.4% per rounding). Measured max |bf16 - f32| here:
+    # 1.26% of max |logit| (1.0-1.9% over 3 weight x 2 clip seeds); 5% is ~4x this case.
+    np.testing.assert_allclose(logits, reference, atol=0.05 * float(np.abs(reference).max()))
 
 
 def _all_eqns(jaxpr):
@@ -277,7 +282,7 @@ def test_variant_structure():
     assert (len(m.spatial.s_former.encoder.layers), len(m.temporal.encoder.layers)) == (3, 6)
 
 
-@pytest.mark.parametrize('variant', ablations.table_variants()[:9])
+@pytest.mark.parametrize('variant', ablations.table_variants())
 def test_every_variant_traces_to_logits(variant):
     graphdef, state = nnx.split(abstract(variant_spec(variant)))
     x = jax.ShapeDtypeStruct((2, 16, 112, 112, 3), jnp.float32)
@@ -287,7 +292,7 @@ def test_every_variant_traces_to_logits(variant):
 
 @pytest.mark.parametrize('kind', ['gru', 'lstm'])
 def test_recurrent_baselines_match_torch(kind):
-    torch = pytest.importorskip('torch')
+    torch = pytest.importorskip('torch', reason='the PyTorch oracle needs torch')
     torch.manual_seed(0)
     hidden, features, frames = 6, 5, 4
     ref = (torch.nn.GRU if kind == 'gru' else torch.nn.LSTM)(features, hidden, batch_first=True)
@@ -302,4 +307,5 @@ def test_recurrent_baselines_match_torch(kind):
     with torch.no_grad():
         _, state = ref(torch.tensor(x))
     last = (state if kind == 'gru' else state[0])[0].numpy()  # final hidden state
-    np.testing.assert_allclose(nnx.jit(rnn)(jnp.asarray(x)), last, atol=1e-5)
+    # Measured max abs error 8.2e-8 (GRU and LSTM, states of |h| < 0.6); 5e-7 is ~6x.
+    np.testing.assert_allclose(nnx.jit(rnn)(jnp.asarray(x)), last, rtol=0, atol=5e-7)

@@ -38,7 +38,9 @@ def test_attention_splits_qkv_as_q_k_v_with_heads_outer():
     expected = np.concatenate(outs, -1) @ np.asarray(attn.out.kernel[...]) + np.asarray(
         attn.out.bias[...]
     )
-    np.testing.assert_allclose(nnx.jit(attn)(jnp.asarray(x)), expected, rtol=1e-5, atol=1e-5)
+    # Measured max abs error 6.0e-8 against this float32 numpy oracle (|out| < 0.42);
+    # 5e-7 is ~8x.
+    np.testing.assert_allclose(nnx.jit(attn)(jnp.asarray(x)), expected, rtol=0, atol=5e-7)
 
 
 def test_single_head_as_wide_as_the_input_has_no_output_projection():
@@ -71,7 +73,8 @@ def test_encoder_block_is_pre_norm_with_tanh_gelu():
     fc1, fc2 = block.mlp.fc1, block.mlp.fc2
     hidden = gelu_tanh(layer_norm(h) @ np.asarray(fc1.kernel[...]) + np.asarray(fc1.bias[...]))
     expected = h + hidden @ np.asarray(fc2.kernel[...]) + np.asarray(fc2.bias[...])
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # Measured max abs error 1.5e-7 (|out| < 2.1); 1e-6 is ~7x.
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
 
 
 def test_encoder_parameter_counts():
@@ -93,7 +96,9 @@ def test_linear_and_layer_norm_init_as_pytorch_defaults():
     for values in (kernel, bias):  # U(-1/sqrt(fan_in), 1/sqrt(fan_in))
         assert np.abs(values).max() <= bound
         assert np.abs(values).max() > 0.99 * bound
-    np.testing.assert_allclose(kernel.std(), bound / math.sqrt(3), rtol=0.01)
+    # 2.1M uniform draws: the sample std's own spread is ~0.03%; measured 0.034% off, and
+    # 0.2% is ~6 sigma.
+    np.testing.assert_allclose(kernel.std(), bound / math.sqrt(3), rtol=0.002)
     norm = layers.layer_norm(16, dtype=jnp.float32, rngs=nnx.Rngs(0))
     assert norm.epsilon == 1e-5
     np.testing.assert_array_equal(norm.scale[...], np.ones(16, np.float32))
@@ -102,5 +107,7 @@ def test_linear_and_layer_norm_init_as_pytorch_defaults():
 
 def test_normal_params_are_standard_normal():
     values = np.asarray(layers.normal_param(nnx.Rngs(0), (1, 49, 256))[...])
+    # 12,544 draws: the sample mean's spread is 0.009 and the std's 0.006; measured 0.001
+    # and 0.012 (2 sigma) off, within 0.02.
     np.testing.assert_allclose([values.mean(), values.std()], [0.0, 1.0], atol=0.02)
     assert jax.numpy.dtype(values.dtype) == jnp.float32
