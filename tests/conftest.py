@@ -47,10 +47,24 @@ def pytest_unconfigure(config):
 
 @pytest.fixture(scope='session')
 def tiny_run(tmp_path_factory):
-    """A finished tiny training run (config, workdir, final state), one per test worker."""
+    """A finished tiny training run (config, workdir, final state).
+
+    Trained once per test run: the first xdist worker to ask trains it under a file lock,
+    the others find it finished. Each worker gets its own copy of the workdir (and its
+    final state restored from that copy, bitwise the trained one), so tests of different
+    workers never share a workdir.
+    """
+    import fcntl
+
     from tests.tiny import train_tiny_run
 
-    return train_tiny_run(str(tmp_path_factory.mktemp('tiny_run')))
+    shared = os.path.join(os.environ[RUN_DIR_ENV], 'tiny_run')
+    with open(f'{shared}.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        train_tiny_run(shared)  # trains, or returns at once where it already finished
+    workdir = str(tmp_path_factory.mktemp('tiny_run') / 'run')
+    shutil.copytree(shared, workdir)
+    return train_tiny_run(workdir)
 
 
 FRAME_STEP = 4  # frame t of a fixture clip has red = FRAME_STEP * t (t < 64)

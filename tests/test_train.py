@@ -94,16 +94,17 @@ def test_a_finished_workdir_is_not_trained_again(tiny_run):
 
 
 @pytest.mark.parametrize(
-    ('stop_at', 'every_steps'),
+    ('stop_at', 'every_steps', 'kept'),
     [
-        (STEPS_PER_EPOCH + 2, 0),  # mid-epoch
-        (STEPS_PER_EPOCH + 3, 3),  # on a periodic save step: saved once, no crash
-        (STEPS_PER_EPOCH, 0),  # on an epoch's last step: evaluated, saved once
+        (STEPS_PER_EPOCH + 2, 0, [7, 9]),  # mid-epoch
+        # On a periodic save step (saves at 3, 6, 7, 9): saved once, no crash; keep_latest=2.
+        (STEPS_PER_EPOCH + 2, 3, [7, 9]),
+        (STEPS_PER_EPOCH, 0, [7]),  # on an epoch's last step: evaluated, saved once
     ],
     ids=['mid-epoch', 'on-a-save-step', 'on-an-epoch-end'],
 )
 def test_a_stop_at_any_step_saves_there_and_the_resumed_run_is_exact(
-    tiny_run, tmp_path, stop_at, every_steps
+    tiny_run, tmp_path, stop_at, every_steps, kept
 ):
     config, _, uninterrupted = tiny_run
     config = tiny_config(num_epochs=EPOCHS)
@@ -111,7 +112,7 @@ def test_a_stop_at_any_step_saves_there_and_the_resumed_run_is_exact(
     workdir = str(tmp_path / 'stopped')
     stopped = train.train_and_evaluate(config, workdir, stop_at_step=stop_at)
     assert int(stopped.step) == stop_at
-    assert _latest_steps(workdir)[-1] == stop_at
+    assert _latest_steps(workdir) == kept
     assert _resume_step(config, workdir) == stop_at  # from the stop, not an epoch end
     epochs_done = stop_at // STEPS_PER_EPOCH
     assert len(RunResults.read(workdir).history) == epochs_done
