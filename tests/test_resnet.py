@@ -122,17 +122,19 @@ def test_batch_norm_matches_torch_in_training_and_eval():
     x_torch = torch.tensor(x.transpose(0, 3, 1, 2))
 
     # Measured against torch: outputs (|y| < 4.6) 1.4e-6 in training and 7.2e-7 in eval;
-    # running mean and variance 3.8e-7 and 9.1e-7 relative. The limits are ~3-4x those.
+    # running mean and variance 3.8e-7 and 9.1e-7 relative, on AMD EPYC (AVX-512). The
+    # limits are ~7-14x those: AVX2 machines reduce in another order (narrower vectors),
+    # and these one-pass statistics cancel, so their rounding moves more than the outputs'.
     for _ in range(2):  # training: batch statistics, running averages updated
         y = bn(jnp.asarray(x))
         y_ref = ref(x_torch).detach().numpy().transpose(0, 2, 3, 1)
-        np.testing.assert_allclose(y, y_ref, rtol=0, atol=5e-6)
-    np.testing.assert_allclose(bn.mean[...], ref.running_mean.numpy(), rtol=3e-6)
-    np.testing.assert_allclose(bn.var[...], ref.running_var.numpy(), rtol=3e-6)  # unbiased
+        np.testing.assert_allclose(y, y_ref, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(bn.mean[...], ref.running_mean.numpy(), rtol=5e-6)
+    np.testing.assert_allclose(bn.var[...], ref.running_var.numpy(), rtol=1e-5)  # unbiased
 
     bn.eval()
     ref.eval()
     x2 = x[:1] * 0.5
     y = bn(jnp.asarray(x2))
     y_ref = ref(torch.tensor(x2.transpose(0, 3, 1, 2))).detach().numpy().transpose(0, 2, 3, 1)
-    np.testing.assert_allclose(y, y_ref, rtol=0, atol=3e-6)
+    np.testing.assert_allclose(y, y_ref, rtol=0, atol=1e-5)
