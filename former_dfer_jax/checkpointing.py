@@ -38,6 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx, traverse_util
+from jax.experimental import multihost_utils
 
 from former_dfer_jax.errors import UserError
 from former_dfer_jax.models import build_abstract_model
@@ -297,8 +298,6 @@ class RunCheckpoints:
                     target,
                 )
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             multihost_utils.sync_global_devices('former_dfer_set_aside_unreadable')
         self.latest.reload()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 from absl import app, flags
 
-from former_dfer_jax import cli, config_checks, metrics, train
+from former_dfer_jax import cli, metrics, train
 from former_dfer_jax.results import RunResults, results_path
 
 
@@ -47,7 +47,6 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-    config_checks.validate(FLAGS.config)
     cli.setup()
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     if jax.process_index() == 0 and RunResults.read(FLAGS.workdir) is not None:
