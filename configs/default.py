@@ -13,7 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---- Data ---------------------------------------------------------------------
     config.data = data = ml_collections.ConfigDict()
-    data.name = 'dfew'  # dfew | afew | ferv39k | synthetic
+    data.name = 'dfew'  # dfew | afew | ferv39k | mafw | own | synthetic (data/README.md)
     data.root = ''  # the raw dataset root as its owners distribute it
     data.fold = 1  # DFEW fold, 1..5
     data.cache_dir = ''  # where prepared (TFDS) data goes; '' = ~/.cache/former_dfer_jax
@@ -21,6 +21,13 @@ def get_config() -> ml_collections.ConfigDict:
     # the dataset's own split files; the lists' absolute prefix is rewritten to data.root.
     data.annotation_dir = ''
     data.annotation_prefix = ''
+    # Where the clip folders are when not where the dataset keeps them (MAFW only: its
+    # <root>/data/frames), e.g. faces cropped by `python -m former_dfer_jax.data.extract_faces`.
+    data.frames_root = ''
+    # 'none': the frames are face crops already (DFEW, AFEW, FERV39k, extract_faces output).
+    # 'detect': find, align and crop the face of every frame once at prepare time (whole
+    # frames, e.g. MAFW's data/frames); the crops are cached under <cache dir>/faces.
+    data.face_crop = 'none'
     # Frames are stored with their shorter side resized to this at prepare time (never
     # enlarged); 0 keeps the files as they are. 112 feeds the train pipeline ~4x faster
     # than the reference's loader on 2 cores (2.8x faster than keeping 256x256 originals);
@@ -43,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---- Model --------------------------------------------------------------------
     config.model = model = ml_collections.ConfigDict()
-    model.num_classes = 7
+    model.num_classes = 7  # the data's class count: 7, mafw 11, own: lines of classes.txt
     model.image_size = image_size
     model.num_frames = num_segments * segment_length
     model.resnet_depth = 18  # 18 | 34 (BasicBlock trunks)

@@ -7,23 +7,28 @@ Every problem found is one line `<key>=<value>: <what is allowed>`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 import ml_collections
 
 from former_dfer_jax import steps
-from former_dfer_jax.data.sources import DATASETS
+from former_dfer_jax.data import sources
+from former_dfer_jax.data.sources import DATASETS, FACE_CROPS
 from former_dfer_jax.errors import UserError
 from former_dfer_jax.models import ModelSpec
 
 # data.fold per dataset, as the sources define them: DFEW (and the synthetic set in its
-# layout) has folds 1..5; AFEW and FERV39k have one official split, fold 0.
+# layout) and MAFW have folds 1..5; AFEW, FERV39k and a user's own clips have one split,
+# fold 0.
 FOLDS: dict[str, tuple[int, ...]] = {
     'dfew': (1, 2, 3, 4, 5),
     'synthetic': (1, 2, 3, 4, 5),
+    'mafw': (1, 2, 3, 4, 5),
     'afew': (0,),
     'ferv39k': (0,),
+    'own': (0,),
 }
 BEST_METRICS = ('war', 'uar')
 
@@ -42,6 +47,7 @@ def _one_of(allowed: tuple) -> tuple[Callable[[Any], bool], str]:
 
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'data.name': _one_of(DATASETS),
+    'data.face_crop': _one_of(FACE_CROPS),
     'data.num_segments': _at_least(1),
     'data.segment_length': _at_least(1),
     'data.val_fraction': ((lambda v: 0 <= v < 1), 'expected 0 <= value < 1'),
@@ -73,6 +79,30 @@ def _passes(check: Callable[[Any], bool], value: Any) -> bool:
         return False
 
 
+def _data_problems(config: ml_collections.ConfigDict) -> list[str]:
+    """The classifier must have the data's class count; frames_root is MAFW's only."""
+    data, problems = config.data, []
+    if data.frames_root and data.name != 'mafw':
+        problems.append(f"data.frames_root={data.frames_root!r}: only read for data.name='mafw'")
+    if data.name not in DATASETS:
+        return problems  # reported by its rule
+    try:
+        names = sources.class_names(data.name, root=data.root, annotation_dir=data.annotation_dir)
+    except sources.SourceError:
+        return problems  # 'own' without its classes.txt: preparing will name the file
+    num_classes = config.model.num_classes
+    if num_classes != len(names):
+        where = f'{data.name} has'
+        if data.name == 'own':
+            folder = data.annotation_dir or data.root
+            where = f'{os.path.join(folder, sources.OWN_CLASSES_FILE)} lists'
+        problems.append(
+            f'model.num_classes={num_classes!r}: {where} {len(names)} classes '
+            f'({", ".join(names)}); set model.num_classes={len(names)}'
+        )
+    return problems
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError listing every bad value of `config`, one line each."""
     problems = [
@@ -84,6 +114,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if name in FOLDS and fold not in FOLDS[name]:
         allowed = ', '.join(map(str, FOLDS[name]))
         problems.append(f'data.fold={fold!r}: {name} has folds {allowed}')
+    problems += _data_problems(config)
     try:
         ModelSpec.from_config(config.model)
     except ValueError as e:

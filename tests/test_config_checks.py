@@ -29,7 +29,12 @@ def _set(config, key: str, value) -> None:
 @pytest.mark.parametrize(
     ('key', 'value', 'allowed'),
     [
-        ('data.name', 'kinetics', "expected one of 'dfew', 'afew', 'ferv39k', 'synthetic'"),
+        (
+            'data.name',
+            'kinetics',
+            "expected one of 'dfew', 'afew', 'ferv39k', 'synthetic', 'mafw', 'own'",
+        ),
+        ('data.face_crop', 'mtcnn', "expected one of 'none', 'detect'"),
         ('data.fold', 9, 'dfew has folds 1, 2, 3, 4, 5'),
         ('data.fold', 0, 'dfew has folds 1, 2, 3, 4, 5'),
         ('batch_size', 0, 'expected an integer >= 1'),
@@ -63,12 +68,18 @@ def test_a_bad_value_is_refused_naming_its_key_value_and_what_is_allowed(key, va
 
 
 def test_the_folds_follow_each_dataset():
-    for name, fold in (('afew', 0), ('ferv39k', 0), ('synthetic', 5), ('dfew', 1)):
+    for name, fold in (('afew', 0), ('own', 0), ('ferv39k', 0), ('synthetic', 5), ('dfew', 1)):
         config = default.get_config()
         config.data.name, config.data.fold = name, fold
         config_checks.validate(config)
     config.data.name = 'afew'
     with pytest.raises(ConfigError, match=r'^data\.fold=1: afew has folds 0$'):
+        config_checks.validate(config)
+    config = default.get_config()
+    config.data.name, config.data.fold, config.model.num_classes = 'mafw', 5, 11
+    config_checks.validate(config)
+    config.data.fold = 0
+    with pytest.raises(ConfigError, match=r'^data\.fold=0: mafw has folds 1, 2, 3, 4, 5$'):
         config_checks.validate(config)
 
 
@@ -76,6 +87,51 @@ def test_the_fold_rules_are_those_of_the_annotation_lists():
     assert set(config_checks.FOLDS) == set(sources.DATASETS)
     for name, folds in config_checks.FOLDS.items():
         assert {str(f) for f in folds} == set(sources._LIST_FILES[name]), name
+
+
+def test_the_classifier_must_have_the_datas_class_count():
+    config = default.get_config()
+    config.data.name = 'mafw'  # num_classes stays 7
+    with pytest.raises(ConfigError) as error:
+        config_checks.validate(config)
+    assert str(error.value) == (
+        'model.num_classes=7: mafw has 11 classes (happiness, sadness, neutral, anger, '
+        'surprise, disgust, fear, contempt, anxiety, helplessness, disappointment); '
+        'set model.num_classes=11'
+    )
+
+
+def test_own_clips_take_the_class_count_from_their_classes_txt(tmp_path):
+    config = default.get_config()
+    config.data.name, config.data.fold, config.data.root = 'own', 0, str(tmp_path)
+    config_checks.validate(config)  # no classes.txt yet: preparing names the missing file
+    (tmp_path / 'classes.txt').write_text('calm\nexcited\nnot sure\n')
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            f'model.num_classes=7: {tmp_path}/classes.txt lists 3 classes '
+            '(calm, excited, not sure); set model.num_classes=3'
+        ),
+    ):
+        config_checks.validate(config)
+    config.model.num_classes = 3
+    config_checks.validate(config)
+    lists = tmp_path / 'lists'  # data.annotation_dir, when set, holds the lists
+    lists.mkdir()
+    (lists / 'classes.txt').write_text('a\nb\n')
+    config.data.annotation_dir = str(lists)
+    with pytest.raises(ConfigError, match=re.escape(f'{lists}/classes.txt lists 2 classes')):
+        config_checks.validate(config)
+
+
+def test_frames_root_is_only_read_for_mafw():
+    config = default.get_config()
+    config.data.frames_root = '/data/faces'
+    with pytest.raises(
+        ConfigError,
+        match=re.escape("data.frames_root='/data/faces': only read for data.name='mafw'"),
+    ):
+        config_checks.validate(config)
 
 
 def test_an_unknown_model_key_is_refused():

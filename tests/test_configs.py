@@ -10,6 +10,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from configs import ablations
+from former_dfer_jax.data import sources
 from former_dfer_jax.models import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,6 +40,7 @@ def test_the_expected_configs_exist():
         'configs/dfew_paper.py',
         'configs/afew.py',
         'configs/ferv39k.py',
+        'configs/mafw.py',
         'configs/synthetic.py',
     } <= set(CONFIG_FILES)
 
@@ -77,3 +79,25 @@ def test_the_reference_recipe():
     assert load_config('configs/dfew_paper.py').model.spatial.depth == 3
     afew = load_config('configs/afew.py')
     assert (afew.optimizer.learning_rate, afew.num_epochs, afew.data.name) == (0.001, 20, 'afew')
+
+
+@pytest.mark.parametrize('spec', SPECS)
+def test_the_classifier_has_the_datasets_class_count(spec):
+    config = load_config(spec)
+    assert config.model.num_classes == len(sources.DATASET_CLASSES[config.data.name])
+
+
+def test_mafw_trains_eleven_classes_with_the_same_model_code():
+    config = load_config('configs/mafw.py', '--config.data.root=/data/MAFW')
+    assert (config.data.name, config.data.fold, config.data.face_crop) == ('mafw', 1, 'detect')
+    assert config.model.num_classes == 11 == len(sources.class_names('mafw'))
+    model = nnx.eval_shape(lambda: build_model(config.model, rngs=nnx.Rngs(0)))
+    assert model.spec.num_classes == 11
+    assert model.classifier.kernel.value.shape == (512, 11)
+    # Faces cropped beforehand (extract_faces output) are read as they are.
+    config = load_config(
+        'configs/mafw.py',
+        '--config.data.frames_root=/data/MAFW_faces',
+        '--config.data.face_crop=none',
+    )
+    assert (config.data.frames_root, config.data.face_crop) == ('/data/MAFW_faces', 'none')

@@ -97,6 +97,10 @@ class FormerDfer(tfds.core.GeneratorBasedBuilder):
         *,
         annotation_dir: str = '',
         annotation_prefix: str = '',
+        frames_root: str = '',
+        face_crop: str = 'none',
+        face_dir: str = '',
+        class_names: tuple[str, ...] = sources.CLASS_NAMES,
         segment_length: int = 2,
         num_workers: int | None = None,
         progress: bool = True,
@@ -104,6 +108,10 @@ class FormerDfer(tfds.core.GeneratorBasedBuilder):
     ):
         self._annotation_dir = annotation_dir
         self._annotation_prefix = annotation_prefix
+        self._frames_root = frames_root
+        self._face_crop = face_crop
+        self._face_dir = face_dir
+        self._class_names = tuple(class_names)  # _info (called by super().__init__) needs them
         self._segment_length = segment_length
         self._num_workers = num_workers or os.cpu_count() or 1
         self._progress = progress
@@ -115,7 +123,7 @@ class FormerDfer(tfds.core.GeneratorBasedBuilder):
             features=tfds.features.FeaturesDict(
                 {
                     'frames': tfds.features.Tensor(shape=(None,), dtype=np.object_),
-                    'label': tfds.features.ClassLabel(names=sources.CLASS_NAMES),
+                    'label': tfds.features.ClassLabel(names=self._class_names),
                     'clip_id': tfds.features.Text(),
                     'num_frames': tfds.features.Scalar(dtype=np.int32),
                     'height': tfds.features.Scalar(dtype=np.int32),
@@ -133,7 +141,15 @@ class FormerDfer(tfds.core.GeneratorBasedBuilder):
             root,
             annotation_dir=self._annotation_dir,
             annotation_prefix=self._annotation_prefix,
+            frames_root=self._frames_root,
+            face_crop=self._face_crop,
+            face_dir=self._face_dir,
+            progress=self._progress,
         )
+        if source.class_names != self._class_names:
+            raise sources.SourceError(
+                f'{root}: its classes changed since the builder was made: {source.class_names}'
+            )
         return {SPLIT: self._generate_examples(source, root)}
 
     def _generate_examples(self, source: sources.SourceIndex, root: str):
@@ -196,6 +212,7 @@ class FormerDfer(tfds.core.GeneratorBasedBuilder):
                 'dataset': self.builder_config.dataset,
                 'root': os.path.abspath(root),
                 'annotation_dir': self._annotation_dir,
+                'class_names': list(source.class_names),
                 'stored_frame_size': size,
                 'clip_ids': [r.clip_id for r in kept],
                 'labels': [r.label for r in kept],

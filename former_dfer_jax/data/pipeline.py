@@ -62,6 +62,11 @@ def _fold_members(prepared: Prepared, config: ml_collections.ConfigDict) -> dict
     return {s: np.asarray(ids, np.int64) for s, ids in partitions[fold].items()}
 
 
+def class_names(prepared: Prepared) -> tuple[str, ...]:
+    """The prepared data's class names in label order."""
+    return tuple(prepared.metadata.get('class_names', sources.CLASS_NAMES))
+
+
 def split_indices(prepared: Prepared, config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
     """Record indices per split (sorted). Validation: a stratified, seeded part of train."""
     members = _fold_members(prepared, config)
@@ -74,7 +79,7 @@ def split_indices(prepared: Prepared, config: ml_collections.ConfigDict) -> dict
         labels = np.asarray(prepared.metadata['labels'], np.int64)[train]
         rng = np.random.default_rng([int(config.seed), _VALIDATION_STREAM])
         held = []
-        for label in range(sources.NUM_CLASSES):
+        for label in range(len(class_names(prepared))):
             of_class = train[labels == label]
             take = round(fraction * len(of_class))
             held.append(rng.permutation(of_class)[:take])
@@ -90,12 +95,15 @@ def info(config: ml_collections.ConfigDict) -> DatasetInfo:
     splits = split_indices(prepared, config)
     labels = np.asarray(prepared.metadata['labels'], np.int64)
     batch, eval_batch = int(config.batch_size), int(config.eval_batch_size)
+    names = class_names(prepared)
     return DatasetInfo(
         name=prepared.name,
-        num_classes=sources.NUM_CLASSES,
-        class_names=sources.CLASS_NAMES,
+        num_classes=len(names),
+        class_names=names,
         num_clips={s: len(ids) for s, ids in splits.items()},
-        class_counts={s: sources.count_labels(labels[ids]) for s, ids in splits.items()},
+        class_counts={
+            s: sources.count_labels(labels[ids], len(names)) for s, ids in splits.items()
+        },
         batch_size=batch,
         eval_batch_size=eval_batch,
         steps_per_epoch=len(splits['train']) // batch,

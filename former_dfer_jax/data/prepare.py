@@ -79,11 +79,28 @@ def builder_config_name(config: ml_collections.ConfigDict) -> str:
     if name == 'synthetic':
         key = {'root': str(raw_root(config))} if data.root else _synthetic_params(config)
         name = f'synthetic_{_short_hash(key)}'
+    if name == 'own' or data.frames_root:
+        # A user's own clips (or MAFW frames read from elsewhere): one dataset per folder.
+        name += f'_{_short_hash(_source_key(config))}'
     if data.annotation_dir:
         name += '_lists'
+    if data.face_crop == 'detect':
+        name += '_faces'
     if data.stored_frame_size:
         name += f'_f{int(data.stored_frame_size)}'
     return name
+
+
+def _source_key(config: ml_collections.ConfigDict) -> dict:
+    data = config.data
+    paths = {'root': data.root, 'annotation_dir': data.annotation_dir, 'frames': data.frames_root}
+    return {k: os.path.abspath(v) if v else '' for k, v in paths.items()}
+
+
+def face_dir(config: ml_collections.ConfigDict) -> Path:
+    """Where data.face_crop='detect' caches the face crops of the config's clips."""
+    key = {**_source_key(config), 'name': config.data.name, 'size': sources.FACE_CROP_SIZE}
+    return cache_root(config) / 'faces' / f'{config.data.name}_{_short_hash(key)}'
 
 
 def make_builder(
@@ -105,6 +122,12 @@ def make_builder(
         ),
         annotation_dir=data.annotation_dir,
         annotation_prefix=data.annotation_prefix,
+        frames_root=data.frames_root,
+        face_crop=data.face_crop,
+        face_dir=os.fspath(face_dir(config)) if data.face_crop == 'detect' else '',
+        class_names=sources.class_names(
+            data.name, root=data.root, annotation_dir=data.annotation_dir
+        ),
         segment_length=int(data.segment_length),
         progress=progress,
     )

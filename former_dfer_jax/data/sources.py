@@ -1,13 +1,17 @@
 """Raw dataset layouts -> clip records and train/test partitions.
 
 Reads the datasets as their owners distribute them (DFEW's CSV split files, AFEW's
-emotion folders) or through the reference code's annotation lists, and returns every
-usable clip once (frames sorted numerically) plus, per fold, which clips are train and
-which are test. Nothing here decodes images: that is `frames.py`, at prepare time.
+emotion folders, MAFW's split text files), the reference code's annotation lists, or a
+user's own labelled clips (`data.name='own'`: the lists `extract_faces --labels` writes),
+and returns every usable clip once (frames sorted numerically) plus, per fold, which clips
+are train and which are test. Nothing here decodes images (that is `frames.py`, at
+prepare time) except the optional face-cropping pass (`crop_faces`), which runs the face
+pipeline of `former_dfer_jax.video` over whole-frame clips and caches the crops.
 
-Problems with single clips (missing or empty folder, bad label, duplicate) skip that clip
-and are recorded in a `ProblemReport`; problems that make the whole source unusable
-(missing root, no split file) raise `SourceError` naming the path.
+Problems with single clips (missing or empty folder, bad label, duplicate, no face) skip
+that clip and are recorded in a `ProblemReport`; problems that make the whole source
+unusable (missing root, no split file, a label name the dataset does not have) raise
+`SourceError` naming the path.
 """
 
 import collections
@@ -30,8 +34,35 @@ CLASS_NAMES: tuple[str, ...] = (
     'disgust',
     'fear',
 )
-NUM_CLASSES = len(CLASS_NAMES)
-DATASETS = ('dfew', 'afew', 'ferv39k', 'synthetic')
+NUM_CLASSES = len(CLASS_NAMES)  # of the 7-class datasets (all but mafw and own)
+# MAFW's 11 single-expression classes, ordered as DFER-CLIP (by Former-DFER's authors)
+# orders them: the 7 classes above first, in the same order, so a DFEW checkpoint's first
+# 7 classifier rows keep their meaning. MAFW's own files name the classes; the paper and
+# MAE-DFER order them anger, disgust, fear, happiness, neutral, sadness, surprise, ...
+MAFW_CLASS_NAMES: tuple[str, ...] = (
+    *CLASS_NAMES,
+    'contempt',
+    'anxiety',
+    'helplessness',
+    'disappointment',
+)
+DATASETS = ('dfew', 'afew', 'ferv39k', 'synthetic', 'mafw', 'own')
+# The class names of each dataset; 'own' reads them from its classes.txt.
+DATASET_CLASSES: dict[str, tuple[str, ...]] = {
+    'dfew': CLASS_NAMES,
+    'afew': CLASS_NAMES,
+    'ferv39k': CLASS_NAMES,
+    'synthetic': CLASS_NAMES,
+    'mafw': MAFW_CLASS_NAMES,
+}
+# data.face_crop: 'none' uses the frames as they are (already face crops); 'detect' finds,
+# aligns and crops the face of every frame at prepare time (whole-frame clips, e.g. MAFW's
+# data/frames).
+FACE_CROPS = ('none', 'detect')
+FACE_CROP_SIZE = 256  # the crops' side, as DFEW's face frames (256x256)
+# The files `python -m former_dfer_jax.data.extract_faces --labels=CSV` writes for
+# data.name='own' (the layout is in data/README.md), beside train.txt and test.txt.
+OWN_CLASSES_FILE = 'classes.txt'
 
 # Emotion folder names of AFEW (Angry, Happy, Sad, ...), of the reference's AFEW_Face
 # crops (Anger, Happiness, Sadness, ...) and of FERV39k, mapped to the label order above.
@@ -49,11 +80,15 @@ EMOTION_FOLDERS: dict[str, int] = {
 }
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 
-# The absolute prefix of the reference's annotation lists, per file-name stem.
-REFERENCE_PREFIXES = {
-    'DFEW': '/home/user/datasets/DFEW_Face',
-    'AFEW': '/home/user/datasets/AFEW_Face',
-    'FERV39K': '/home/user/datasets/FERV39K',
+# The absolute prefix of each dataset's annotation lists (the reference's, DFER-CLIP's for
+# MAFW); relative clip paths (those of 'own') are taken relative to the root.
+LIST_PREFIXES = {
+    'dfew': '/home/user/datasets/DFEW_Face',
+    'synthetic': '/home/user/datasets/DFEW_Face',
+    'afew': '/home/user/datasets/AFEW_Face',
+    'ferv39k': '/home/user/datasets/FERV39K',
+    'mafw': '/data/EECS-IoannisLab/datasets/MAFW',
+    'own': '',
 }
 # Annotation list files per dataset: fold -> split -> file name.
 _LIST_FILES: dict[str, dict[str, dict[str, str]]] = {
@@ -63,6 +98,12 @@ _LIST_FILES: dict[str, dict[str, dict[str, str]]] = {
     },
     'afew': {'0': {'train': 'AFEW_train.txt', 'test': 'AFEW_validation.txt'}},
     'ferv39k': {'0': {'train': 'FERV39K_train.txt', 'test': 'FERV39K_test.txt'}},
+    # DFER-CLIP's lists (annotation/MAFW_set_*_*.txt), labels in MAFW_CLASS_NAMES order.
+    'mafw': {
+        str(k): {'train': f'MAFW_set_{k}_train.txt', 'test': f'MAFW_set_{k}_test.txt'}
+        for k in range(1, 6)
+    },
+    'own': {'0': {'train': 'train.txt', 'test': 'test.txt'}},
 }
 _LIST_FILES['synthetic'] = _LIST_FILES['dfew']
 SPLITS = ('train', 'test')
@@ -147,6 +188,7 @@ class SourceIndex:
     clips: list[ClipRecord]
     partitions: dict[str, dict[str, list[str]]]
     report: ProblemReport
+    class_names: tuple[str, ...] = CLASS_NAMES  # label i is class_names[i]
 
 
 _LAST_NUMBER = re.compile(r'(\d+)(?!.*\d)')
@@ -318,7 +360,13 @@ def read_dfew(root: str | os.PathLike) -> SourceIndex:
     return _collect(parts, lambda cid: clip_base / cid, report)
 
 
-def _collect(parts: _Partitioner, directory_of, report: ProblemReport, listed=None) -> SourceIndex:
+def _collect(
+    parts: _Partitioner,
+    directory_of,
+    report: ProblemReport,
+    listed=None,
+    class_names: tuple[str, ...] = CLASS_NAMES,
+) -> SourceIndex:
     clips = []
     for clip_id in sorted(parts.labels):
         if clip_id in parts.conflicting:
@@ -333,7 +381,7 @@ def _collect(parts: _Partitioner, directory_of, report: ProblemReport, listed=No
         if record is not None:
             clips.append(record)
     partitions = parts.finish({c.clip_id for c in clips})
-    return SourceIndex(clips, partitions, report)
+    return SourceIndex(clips, partitions, report, class_names)
 
 
 def read_afew_folders(root: str | os.PathLike) -> SourceIndex:
@@ -370,26 +418,77 @@ def _rewrite(path: str, prefix: str, root: Path) -> Path:
     return Path(path)
 
 
+def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
+    """A classes.txt: one class name a line; line i (from 0) names label i."""
+    path = Path(path)
+    if not path.is_file():
+        raise SourceError(
+            f'class list not found: {path} (one class name a line; '
+            '`python -m former_dfer_jax.data.extract_faces --labels=CSV` writes it)'
+        )
+    try:
+        lines = path.read_text(encoding='utf-8-sig').splitlines()
+    except UnicodeDecodeError as e:
+        raise SourceError(f'{path}: not UTF-8 text ({e.reason} at byte {e.start})') from None
+    while lines and not lines[-1].strip():  # trailing blank lines are harmless
+        lines.pop()
+    names: list[str] = []
+    for line_no, line in enumerate(lines, start=1):
+        name = line.strip()
+        if not name:
+            # A blank line in the middle would shift every later label by one.
+            raise SourceError(f'{path}:{line_no}: blank line (one class name a line)')
+        if name in names:
+            first = names.index(name) + 1
+            raise SourceError(f'{path}:{line_no}: class {name!r} is already on line {first}')
+        names.append(name)
+    if not names:
+        raise SourceError(f'{path}: no class names in it')
+    return tuple(names)
+
+
+def class_names(
+    name: str, *, root: str | os.PathLike = '', annotation_dir: str | os.PathLike = ''
+) -> tuple[str, ...]:
+    """Dataset `name`'s class names in label order ('own': from its classes.txt)."""
+    if name == 'own':
+        folder = annotation_dir or root
+        if not folder:
+            raise SourceError(
+                "data.name='own' needs data.root: the folder holding classes.txt, train.txt "
+                'and test.txt (or set data.annotation_dir to the folder holding them)'
+            )
+        return read_class_names(Path(folder) / OWN_CLASSES_FILE)
+    if name not in DATASET_CLASSES:
+        raise SourceError(f'unknown dataset {name!r}; expected one of {DATASETS}')
+    return DATASET_CLASSES[name]
+
+
 def read_annotation_lists(
     name: str,
     root: str | os.PathLike,
     annotation_dir: str | os.PathLike,
     annotation_prefix: str = '',
 ) -> SourceIndex:
-    """The reference code's lists: '<clip dir> <num_frames> <label 0..6>' per line.
+    """Annotation lists: '<clip dir> <num_frames> <label>' per line, labels from 0.
 
-    Clip dirs starting with `annotation_prefix` (default: the reference's own,
-    e.g. /home/user/datasets/DFEW_Face) are rewritten to `root`. The listed frame count
-    is only checked against the disk (the disk count is used).
+    The reference code's (and DFER-CLIP's, for MAFW) lists, or those of a user's own
+    clips (name 'own': train.txt / test.txt next to classes.txt). Clip dirs starting with
+    `annotation_prefix` (default: the lists' own, e.g. /home/user/datasets/DFEW_Face) are
+    rewritten to `root`; relative ones are taken relative to `root`. The listed frame
+    count is only checked against the disk (the disk count is used).
     """
     if name not in _LIST_FILES:
         raise SourceError(f'no annotation list names known for dataset {name!r}')
     root, annotation_dir = Path(root), Path(annotation_dir)
     _require_dir(root, 'dataset root')
     _require_dir(annotation_dir, 'annotation list folder (data.annotation_dir)')
+    names = class_names(name, root=root, annotation_dir=annotation_dir)
+    num_classes = len(names)
+    # Emotion folder names (AFEW's, FERV39k's) name the 7 classes; elsewhere they mean nothing.
+    check_folders = names == CLASS_NAMES
     files = _LIST_FILES[name]
-    stem = files[next(iter(files))]['train'].split('_')[0]
-    prefix = annotation_prefix or REFERENCE_PREFIXES[stem]
+    prefix = annotation_prefix or LIST_PREFIXES[name]
     report = ProblemReport()
     parts = _Partitioner(report)
     listed: dict[str, int] = {}
@@ -415,8 +514,8 @@ def read_annotation_lists(
                 except (ValueError, IndexError):
                     report.skip('unreadable annotation line', f'{where} {line.strip()!r}')
                     continue
-                if not 0 <= label < NUM_CLASSES:
-                    report.skip(f'label out of range (lists use 0..{NUM_CLASSES - 1})', where)
+                if not 0 <= label < num_classes:
+                    report.skip(f'label out of range (lists use 0..{num_classes - 1})', where)
                     continue
                 directory = _rewrite(clip_path, prefix, root)
                 try:
@@ -424,7 +523,7 @@ def read_annotation_lists(
                 except ValueError:
                     clip_id = directory.as_posix()
                 folder_label = EMOTION_FOLDERS.get(directory.parent.name.lower())
-                if folder_label is not None and folder_label != label:
+                if check_folders and folder_label is not None and folder_label != label:
                     report.warn('label differs from the emotion folder (using the list)', where)
                 listed[clip_id] = count
                 directories[clip_id] = directory
@@ -434,7 +533,207 @@ def read_annotation_lists(
         raise SourceError(
             f'no annotation lists for {name} in {annotation_dir} (expected {expected})'
         )
-    return _collect(parts, directories.__getitem__, report, listed)
+    return _collect(parts, directories.__getitem__, report, listed, names)
+
+
+# Where MAFW's single-label split package lies under the root: "Train & Test Set" as
+# distributed (SVFAP's preprocess/mafw.py), "split" as MAE-DFER's preprocess/mafw.py
+# names it, or the root itself.
+_MAFW_SPLIT_PARENTS = ('Train & Test Set', 'split', '')
+MAFW_LABELS: dict[str, int] = {n: i for i, n in enumerate(MAFW_CLASS_NAMES)}
+
+
+def _find_mafw_split_dir(root: Path) -> Path:
+    candidates = [root / parent / 'single' / 'no_caption' for parent in _MAFW_SPLIT_PARENTS]
+    for path in candidates:
+        if path.is_dir():
+            return path
+    tried = ', '.join(str(p) for p in candidates)
+    raise SourceError(f'MAFW single-label split folder not found under {root} (tried {tried})')
+
+
+def _mafw_split_files(split_dir: Path) -> dict[str, dict[str, Path]]:
+    """fold -> split -> split file, for the folds present (set_1 .. set_5)."""
+    found: dict[str, dict[str, Path]] = {}
+    for fold in range(1, 6):
+        paths = {s: split_dir / f'set_{fold}' / f'{s}.txt' for s in SPLITS}
+        present = [p for p in paths.values() if p.is_file()]
+        if len(present) == 1:
+            missing = next(p for p in paths.values() if not p.is_file())
+            raise SourceError(f'MAFW fold {fold}: {present[0]} exists but {missing} is missing')
+        if present:
+            found[str(fold)] = paths
+    if not found:
+        raise SourceError(
+            f'no MAFW split files found: expected {split_dir}/set_1/train.txt and '
+            f'{split_dir}/set_1/test.txt'
+        )
+    return found
+
+
+def _read_mafw_split(path: Path, report: ProblemReport) -> Iterable[tuple[str, int, str]]:
+    """(clip id, label, where) rows of a split file: '<clip>.mp4 <label name>' lines."""
+    try:
+        text = path.read_text(encoding='utf-8-sig')
+    except UnicodeDecodeError as e:
+        raise SourceError(
+            f'{path}: not UTF-8 text ({e.reason} at byte {e.start}); the single/no_caption '
+            'split files are (the with_caption ones are not read)'
+        ) from None
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        where = f'{path}:{line_no}'
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            report.skip('unreadable split line', f'{where} {line.strip()[:80]!r}')
+            continue
+        video, name = fields
+        label = MAFW_LABELS.get(name.lower())
+        if label is None:
+            # Not one bad row but the wrong file (e.g. the compound split's anger_disgust).
+            raise SourceError(
+                f'{where}: {name!r} is not a MAFW single-expression label; expected one of '
+                f'{", ".join(MAFW_CLASS_NAMES)} (the compound split is not read)'
+            )
+        yield os.path.splitext(video)[0], label, where
+
+
+def read_mafw(root: str | os.PathLike, *, frames_root: str | os.PathLike = '') -> SourceIndex:
+    """MAFW as distributed: data/frames/<clip>/ + the single-label split text files.
+
+    Splits: `<root>/Train & Test Set/single/no_caption/set_{1..5}/{train,test}.txt` (or
+    under `split/`), lines '<clip>.mp4 <label name>'. Frames: `<frames_root>/<clip>/`,
+    `<root>/data/frames/<clip>/` by default.
+    """
+    root = Path(root)
+    _require_dir(root, 'dataset root')
+    split_dir = _find_mafw_split_dir(root)
+    frames = Path(frames_root) if frames_root else root / 'data' / 'frames'
+    _require_dir(frames, 'MAFW clip folders (data.frames_root)' if frames_root else 'MAFW frames')
+    report = ProblemReport()
+    parts = _Partitioner(report)
+    for fold, paths in _mafw_split_files(split_dir).items():
+        for split, path in paths.items():
+            for clip_id, label, where in _read_mafw_split(path, report):
+                parts.add(fold, split, clip_id, label, where)
+    return _collect(parts, lambda cid: frames / cid, report, class_names=MAFW_CLASS_NAMES)
+
+
+_CROPS_JPEG_QUALITY = 95  # as frames.py re-encodes
+_FACES_INFO = '.faces.json'  # per cropped clip: frame counts, re-reported on later runs
+NO_FACE_REASON = 'no usable face (face_crop=detect)'
+
+
+def _face_pipeline():
+    """The video package's face pipeline, imported on first use (PyAV, mtcnn)."""
+    try:
+        from former_dfer_jax.video import VideoError, faces
+    except ImportError as e:
+        raise SourceError(f'data.face_crop=detect needs the face pipeline: {e}') from e
+    return faces, VideoError
+
+
+def _report_faces(info: dict, where: str, report: ProblemReport) -> None:
+    if info['frames_without_face']:
+        report.warn(
+            'frames without a face dropped (face_crop=detect)',
+            f'{where} ({info["frames_without_face"]} of {info["frames"]})',
+        )
+    if info['other_faces']:
+        report.warn('more than one face: the main one kept (face_crop=detect)', where)
+
+
+def _crop_clip(
+    record: ClipRecord, target: Path, pipeline, crop_size: int, report: ProblemReport
+) -> bool:
+    """Writes record's face crops into `target` (atomically); False if it has no face."""
+    import json
+    import shutil
+
+    faces, VideoError = pipeline
+    no_face = target.with_name(target.name + '.noface')
+    try:
+        # detector=None: the pipeline's MTCNN, whose network is built once per process.
+        video = faces.extract_face_video(record.directory, faces.FaceOptions(crop_size=crop_size))
+    except VideoError as e:
+        # Remembered, so that a later prepare skips the clip without detecting again.
+        no_face.parent.mkdir(parents=True, exist_ok=True)
+        no_face.write_text(f'{e}\n')
+        report.skip(NO_FACE_REASON, str(e))
+        return False
+    info = {
+        'source': record.directory,
+        'frames': len(video.frames),
+        'frames_without_face': sum(1 for f in video.frames if f.get('face') is None),
+        'other_faces': len(video.tracking.other_tracks),
+    }
+    # A crashed or interrupted pass leaves a hidden temporary folder, never a partial clip.
+    tmp = target.with_name(f'.{target.name}.tmp{os.getpid()}')
+    shutil.rmtree(tmp, ignore_errors=True)
+    faces.save_crops(video, tmp, prefix=target.name, quality=_CROPS_JPEG_QUALITY)
+    (tmp / _FACES_INFO).write_text(json.dumps(info))
+    os.replace(tmp, target)
+    _report_faces(info, record.directory, report)
+    return True
+
+
+def crop_faces(
+    index: SourceIndex,
+    face_dir: str | os.PathLike,
+    *,
+    crop_size: int = FACE_CROP_SIZE,
+    progress: bool = False,
+) -> SourceIndex:
+    """`index` with every clip's frames replaced by its aligned face crops.
+
+    The crops of clip c are written once, as `face_dir/<c>/<c>_<k>.jpg` (k from 1: the
+    layout `extract_faces` writes, so face_dir can later be read as data.frames_root with
+    face_crop='none'), and reused by later calls. A clip without a face is skipped and
+    remembered (`face_dir/<c>.noface` holds the reason): later calls skip it without
+    detecting again. Delete face_dir to crop again.
+    """
+    import json
+
+    import tqdm
+
+    face_dir = Path(face_dir)
+    report = index.report
+    pipeline = None
+    todo = sum(1 for r in index.clips if not (face_dir / r.clip_id).is_dir())
+    clips = []
+    bar = tqdm.tqdm(
+        index.clips, desc='Cropping faces', unit=' clips', disable=not (progress and todo)
+    )
+    for record in bar:
+        target = face_dir / record.clip_id
+        no_face = target.with_name(target.name + '.noface')
+        if no_face.is_file():
+            report.skip(NO_FACE_REASON, no_face.read_text().strip())
+            continue
+        if target.is_dir():
+            info_file = target / _FACES_INFO
+            if info_file.is_file():
+                _report_faces(json.loads(info_file.read_text()), record.directory, report)
+        else:
+            pipeline = pipeline or _face_pipeline()
+            if not _crop_clip(record, target, pipeline, crop_size, report):
+                continue
+        frames = list_frames(target)
+        if not frames:  # the video package promises crops; never store an empty clip
+            report.skip(NO_FACE_REASON, f'{record.directory}: no crops written')
+            continue
+        clips.append(
+            dataclasses.replace(
+                record, directory=str(target), frames=tuple(frames), listed_num_frames=None
+            )
+        )
+    usable = {c.clip_id for c in clips}
+    partitions = {
+        fold: {s: [c for c in ids if c in usable] for s, ids in members.items()}
+        for fold, members in index.partitions.items()
+    }
+    return SourceIndex(clips, partitions, report, index.class_names)
 
 
 def read_source(
@@ -443,28 +742,47 @@ def read_source(
     *,
     annotation_dir: str | os.PathLike = '',
     annotation_prefix: str = '',
+    frames_root: str | os.PathLike = '',
+    face_crop: str = 'none',
+    face_dir: str | os.PathLike = '',
+    progress: bool = False,
 ) -> SourceIndex:
-    """Dispatch on the dataset name: annotation lists if given, else the native layout."""
+    """Dispatch on the dataset name: annotation lists if given, else the native layout.
+
+    'own' always reads lists (from `annotation_dir`, else `root`). `frames_root` moves
+    MAFW's clip folders (e.g. to faces `extract_faces` cropped); face_crop='detect' crops
+    every clip's faces into `face_dir` first (see `crop_faces`).
+    """
     if name not in DATASETS:
         raise SourceError(f'unknown dataset {name!r}; expected one of {DATASETS}')
     if not root:
         raise SourceError(f'no dataset root given for {name!r} (set data.root)')
-    if annotation_dir:
-        return read_annotation_lists(name, root, annotation_dir, annotation_prefix)
-    if name in ('dfew', 'synthetic'):
-        return read_dfew(root)
-    if name == 'afew':
-        return read_afew_folders(root)
-    raise SourceError(
-        'FERV39k: its split comes from the reference annotation lists; set '
-        'data.annotation_dir to a folder holding FERV39K_train.txt and FERV39K_test.txt '
-        '(clips under <root>/2_ClipsforFaceCrop/<Scene>/<Emotion>/<clip>/)'
-    )
+    if face_crop not in FACE_CROPS:
+        raise SourceError(f'unknown face_crop {face_crop!r}; expected one of {FACE_CROPS}')
+    if face_crop == 'detect' and not face_dir:
+        raise SourceError('face_crop=detect needs a folder to write the face crops to')
+    if annotation_dir or name == 'own':
+        index = read_annotation_lists(name, root, annotation_dir or root, annotation_prefix)
+    elif name in ('dfew', 'synthetic'):
+        index = read_dfew(root)
+    elif name == 'afew':
+        index = read_afew_folders(root)
+    elif name == 'mafw':
+        index = read_mafw(root, frames_root=frames_root)
+    else:
+        raise SourceError(
+            'FERV39k: its split comes from the reference annotation lists; set '
+            'data.annotation_dir to a folder holding FERV39K_train.txt and FERV39K_test.txt '
+            '(clips under <root>/2_ClipsforFaceCrop/<Scene>/<Emotion>/<clip>/)'
+        )
+    if face_crop == 'detect':
+        index = crop_faces(index, face_dir, progress=progress)
+    return index
 
 
-def count_labels(labels: Sequence[int]) -> list[int]:
+def count_labels(labels: Sequence[int], num_classes: int = NUM_CLASSES) -> list[int]:
     """Clips per class, in label order."""
-    counts = [0] * NUM_CLASSES
+    counts = [0] * num_classes
     for label in labels:
         counts[label] += 1
     return counts
