@@ -1,0 +1,241 @@
+"""The whole face pipeline: a video (or a frame folder) -> aligned face crops of its subject.
+
+    face_video = extract_face_video('clip.mp4', FaceOptions(detect_every=2), progress=True)
+    face_video.crops         # uint8 [n, 256, 256, 3], the frames with a face, in time order
+    save_crops(face_video, 'out/clip', prefix='clip')   # out/clip/clip_1.jpg, clip_2.jpg, ...
+
+Two passes over the decoded frames, so that only the crops are ever held (never all the
+full frames): pass 1 decodes and detects (every `detect_every`-th frame, and the last
+one), then the detections are tracked (main subject kept, others reported, boxes and
+landmarks filled in between detections and smoothed); pass 2 decodes again and crops the
+main face of every frame that has one. Frames without it are dropped and counted, as
+DFEW's crops drop them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Iterator
+from math import inf
+
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from former_dfer_jax.video import align, decode, detect, track
+from former_dfer_jax.video.decode import VideoError, VideoInfo
+from former_dfer_jax.video.detect import Face, FaceDetector
+from former_dfer_jax.video.track import Tracking
+
+
+@dataclasses.dataclass(frozen=True)
+class FaceOptions:
+    """How faces are found and cropped.
+
+    crop_size: side of the square crops. detect_every: run the detector on every k-th
+    frame (and the last), tracking in between. max_side / min_face_size: the default
+    detector's (see detect.MtcnnDetector). smooth: centred moving-average window in frames
+    for boxes and landmarks (1: off). iou_threshold: IoU linking detections into a track.
+    fps_for_frames_dir: the frame rate given to a folder of frames.
+    """
+
+    crop_size: int = 256
+    detect_every: int = 1
+    max_side: int = 640
+    min_face_size: int = 40
+    smooth: int = 5
+    iou_threshold: float = 0.3
+    fps_for_frames_dir: float = decode.DEFAULT_FPS
+
+    def __post_init__(self):
+        if self.crop_size < 8 or self.detect_every < 1 or self.smooth < 1:
+            raise ValueError(
+                f'FaceOptions: crop_size={self.crop_size} (>= 8), detect_every='
+                f'{self.detect_every} (>= 1), smooth={self.smooth} (>= 1)'
+            )
+
+
+@dataclasses.dataclass
+class FaceVideo:
+    """The pipeline's result; `frames` has one entry per decoded frame
+    ({"index", "time_s", "detected": whether the detector ran, "face": Face.to_json() or
+    None}), `crops` / `crop_frames` the aligned crops and their frame indices, `timings`
+    the seconds spent per stage ("decode", "detect", "track", "align", "total")."""
+
+    info: VideoInfo
+    frames: list[dict]
+    crops: np.ndarray
+    crop_frames: np.ndarray
+    tracking: Tracking
+    timings: dict
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frames)
+
+    @property
+    def num_dropped(self) -> int:
+        """Frames without the subject's face (not cropped)."""
+        return len(self.frames) - len(self.crops)
+
+    def rates(self) -> dict[str, float]:
+        """Frames per second of "decode" (both passes together), "detect" (frames
+        covered: detect_every = k shows the k-fold saving), "align" (crops) and "total"."""
+        counts = {'decode': len(self.frames), 'detect': len(self.frames)}
+        counts |= {'align': len(self.crops), 'total': len(self.frames)}
+        return {
+            stage: round(count / self.timings[stage], 1) if self.timings[stage] > 0 else inf
+            for stage, count in counts.items()
+        }
+
+
+def extract_face_video(
+    path: str | os.PathLike,
+    options: FaceOptions = FaceOptions(),
+    *,
+    detector: FaceDetector | None = None,
+    progress: bool = False,
+) -> FaceVideo:
+    """Decode -> detect -> track -> align `path` (a video file or a folder of frames).
+
+    Raises VideoError (message starting with the path) for an unreadable / corrupt input,
+    one without frames, and one without a face in any frame. With two or more faces the
+    main track (longest, then most confident) is kept and the others are reported in
+    `tracking.other_tracks` and logged.
+    """
+    path = os.fspath(path)
+    start = time.perf_counter()
+    timings = {'decode': 0.0, 'detect': 0.0, 'track': 0.0, 'align': 0.0}
+    info = decode.probe(path, fps_for_frames_dir=options.fps_for_frames_dir)
+    if detector is None:
+        detector = detect.MtcnnDetector(
+            max_side=options.max_side, min_face_size=options.min_face_size
+        )
+
+    # Pass 1: decode and detect; only the detections and timestamps are kept.
+    detections: list[list[Face] | None] = []
+    times: list[float] = []
+    pending = None  # the latest frame if it was not detected: detected if it is the last
+    with _progress(progress, info.num_frames, f'faces {os.path.basename(path)}') as bar:
+        for frame in _timed(decode.read_frames(path, fps_for_frames_dir=info.fps), timings):
+            times.append(frame.time_s)
+            if frame.index % options.detect_every == 0:
+                t = time.perf_counter()
+                detections.append(detector.detect(frame.image))
+                timings['detect'] += time.perf_counter() - t
+                pending = None
+            else:
+                detections.append(None)
+                pending = frame
+            bar.update(1)
+    if pending is not None:
+        t = time.perf_counter()
+        detections[pending.index] = detector.detect(pending.image)
+        timings['detect'] += time.perf_counter() - t
+        del pending
+
+    t = time.perf_counter()
+    tracking = track.track_main_face(
+        detections, iou_threshold=options.iou_threshold, smooth=options.smooth
+    )
+    timings['track'] = time.perf_counter() - t
+    if tracking.main_track is None:
+        raise VideoError(f'{path}: no face found in any of its {len(detections)} frames')
+    if tracking.other_tracks:
+        logging.warning(
+            '%s: %d faces tracked; kept the main one (%s), others: %s',
+            path,
+            tracking.num_tracks,
+            tracking.main_track,
+            tracking.other_tracks,
+        )
+
+    # Pass 2: decode again and crop the main face where there is one.
+    crops, crop_frames = [], []
+    decoded = 0
+    for frame in _timed(decode.read_frames(path, fps_for_frames_dir=info.fps), timings):
+        decoded += 1
+        if frame.index >= len(detections):
+            break
+        face = tracking.faces[frame.index]
+        if face is None:
+            continue
+        t = time.perf_counter()
+        crops.append(align.align_face(frame.image, face.landmarks, options.crop_size))
+        crop_frames.append(frame.index)
+        timings['align'] += time.perf_counter() - t
+    if decoded != len(detections):
+        raise VideoError(
+            f'{path}: {len(detections)} frames decoded, then {decoded}: did the file change?'
+        )
+
+    frames = [
+        {
+            'index': index,
+            'time_s': round(times[index], 6),
+            'detected': detections[index] is not None,
+            'face': None if face is None else face.to_json(),
+        }
+        for index, face in enumerate(tracking.faces)
+    ]
+    size = options.crop_size
+    result = FaceVideo(
+        info=info,
+        frames=frames,
+        crops=np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8),
+        crop_frames=np.asarray(crop_frames, np.int64),
+        tracking=tracking,
+        timings={k: round(v, 4) for k, v in timings.items()},
+    )
+    result.timings['total'] = round(time.perf_counter() - start, 4)
+    if result.num_dropped:
+        logging.info(
+            '%s: %d of %d frames without a face, dropped', path, result.num_dropped, len(frames)
+        )
+    return result
+
+
+def save_crops(
+    face_video: FaceVideo, directory: str | os.PathLike, *, prefix: str, quality: int = 95
+) -> list[str]:
+    """Write the crops as `<directory>/<prefix>_<n>.jpg`, n = 1, 2, ... (DFEW's layout:
+    numbered, not zero-padded); returns the paths."""
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for n, crop in enumerate(face_video.crops, start=1):
+        file = os.path.join(directory, f'{prefix}_{n}.jpg')
+        Image.fromarray(crop).save(file, quality=quality)
+        paths.append(file)
+    return paths
+
+
+def _timed(frames: Iterator[decode.Frame], timings: dict) -> Iterator[decode.Frame]:
+    """`frames`, adding the time spent producing each one to timings['decode']."""
+    while True:
+        t = time.perf_counter()
+        frame = next(frames, None)
+        timings['decode'] += time.perf_counter() - t
+        if frame is None:
+            return
+        yield frame
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _progress(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return _NoBar()
+    import tqdm
+
+    return tqdm.tqdm(total=total or None, desc=desc, unit='frame')
