@@ -81,10 +81,15 @@ def test_the_reference_recipe():
     assert (afew.optimizer.learning_rate, afew.num_epochs, afew.data.name) == (0.001, 20, 'afew')
 
 
-@pytest.mark.parametrize('spec', SPECS)
+@pytest.mark.parametrize('spec', [s for s in SPECS if s != 'configs/own.py'])
 def test_the_classifier_has_the_datasets_class_count(spec):
     config = load_config(spec)
     assert config.model.num_classes == len(sources.DATASET_CLASSES[config.data.name])
+
+
+def test_own_videos_take_their_class_count_from_the_command_line():
+    config = load_config('configs/own.py', '--config.model.num_classes=3')
+    assert (config.data.name, config.data.fold, config.model.num_classes) == ('own', 0, 3)
 
 
 def test_mafw_trains_eleven_classes_with_the_same_model_code():
