@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import multiprocessing
 import os
 import signal
@@ -239,6 +241,76 @@ def test_classes_are_visible_in_the_frames(tmp_path: Path):
         assert mouth[CLASSES[name]] > 2.5 * mouth[neutral], (name, mouth)
     for name in ('sadness', 'anger', 'surprise', 'fear'):
         assert brow[CLASSES[name]] > 2.0 * brow[neutral], (name, brow)
+
+
+# ---- Ground truth for explanations ------------------------------------------------------------
+
+# sha256 of the frames (uint8, in order) of clips drawn before the masks existed: drawing the
+# ground truth must not change a pixel. Clip 1 has a bar occluder, clip 8 a hand.
+FRAMES_SHA256 = {
+    (1, 1, 1.0, 32): 'fda0a3b1b2c4039caf25f4de2321ccc40e22acdaced024c5c75c4e91d760f273',
+    (8, 1, 1.0, 32): 'e0424c057bcb3e4f1e7dd77dc1ee67ff9ab39b4a177a742f3929ed82e219ad11',
+    (3, 4, 0.0, 24): 'f5a6b336181dce3c85423acd46a205e730952848ce34fe0132ad0fc059b77113',
+}
+
+
+def _frames_sha256(clip: faces.Clip, size: int) -> str:
+    return hashlib.sha256(np.stack(list(faces.render_clip(clip, size))).tobytes()).hexdigest()
+
+
+def test_masks_leave_the_frames_unchanged():
+    for (clip_id, label, difficulty, size), expected in FRAMES_SHA256.items():
+        clip = faces.sample_clip(label, 14, seed=0, clip_id=clip_id, difficulty=difficulty)
+        masks = list(faces.render_masks(clip, size))  # drawn first: shares caches, not state
+        assert len(masks) == 14
+        assert _frames_sha256(clip, size) == expected
+
+
+def test_masks_show_the_face_its_features_and_the_occluder():
+    size = 32
+    for clip_id in (1, 8):  # a bar, a hand
+        clip = faces.sample_clip(1, 14, seed=0, clip_id=clip_id)
+        masks = list(faces.render_masks(clip, size))
+        frames = np.stack(list(faces.render_clip(clip, size))).astype(int)
+        unoccluded = dataclasses.replace(
+            clip, nuisance=dataclasses.replace(clip.nuisance, occluded=np.zeros(14, bool))
+        )
+        plain = np.stack(list(faces.render_clip(unoccluded, size))).astype(int)
+        occluded = clip.nuisance.occluded
+        assert 0 < occluded.sum() < 14
+        for t, m in enumerate(masks):
+            assert set(m) == set(faces.MASK_NAMES)
+            for value in m.values():
+                assert value.shape == (size, size) and value.dtype == np.float32
+                assert value.min() >= 0 and value.max() <= 1
+            face, features, occluder = m['face'], m['features'], m['occluder']
+            assert 0.2 < face.mean() < 0.6  # the face fills a good part of the frame
+            assert (features * face).sum() > 0.97 * features.sum()  # features on the face
+            assert 0.03 < features.mean() < 0.5 * face.mean()
+            changed = np.any(frames[t] != plain[t], axis=-1)
+            assert (occluder.max() > 0) == occluded[t]
+            # The occluder is drawn exactly where its mask is: nothing changes outside,
+            # and (its colour being unlike what it hides) most of its inside changes.
+            assert not changed[occluder == 0].any()
+            if occluded[t]:
+                assert changed[occluder == 1].mean() > 0.8
+
+
+def test_clip_masks_are_those_of_the_written_clips(tiny: Path):
+    params = synthetic.read_info(tiny)['params']
+    for clip_id in (1, 2, 3):
+        clip = synthetic.dataset_clip(params, clip_id)
+        drawn = np.stack(list(faces.render_clip(clip, params['image_size']))).astype(np.float32)
+        written = read_clip(tiny, clip_id)
+        assert drawn.shape == written.shape
+        # JPEG's loss only: measured 3.9-4.6 grey levels on clips 1-5 (another clip: 44-78).
+        assert np.abs(drawn - written).mean() < 8
+        masks = synthetic.clip_masks(params, clip_id, frames=[0, len(written) - 1])
+        assert {k: v.shape for k, v in masks.items()} == {
+            name: (2, params['image_size'], params['image_size']) for name in faces.MASK_NAMES
+        }
+        last = list(faces.render_masks(clip, params['image_size']))[-1]
+        np.testing.assert_array_equal(masks['features'][1], last['features'])
 
 
 # ---- Bad arguments, interruptions, the command line -------------------------------------------

@@ -146,6 +146,40 @@ def plan_dataset(
     return labels, lengths, folds
 
 
+def dataset_clip(params: dict, clip_id: int) -> synthetic_faces.Clip:
+    """Clip `clip_id` (1-based) of the dataset generated with `params` (`generate_dataset`'s
+    keyword arguments: `config.data.synthetic`, or the 'params' of `read_info`), drawn
+    again: `synthetic_faces.render_clip(clip, params['image_size'])` gives its frames."""
+    labels, lengths, _ = plan_dataset(
+        num_clips=params['num_clips'],
+        seed=params['seed'],
+        min_frames=params['min_frames'],
+        max_frames=params['max_frames'],
+        imbalance=params.get('imbalance', False),
+    )
+    if not 1 <= clip_id <= len(labels):
+        raise ValueError(f'clip_id must be in [1, {len(labels)}], got {clip_id}')
+    return synthetic_faces.sample_clip(
+        int(labels[clip_id - 1]),
+        int(lengths[clip_id - 1]),
+        seed=params['seed'],
+        clip_id=clip_id,
+        difficulty=float(params.get('difficulty', 1.0)),
+    )
+
+
+def clip_masks(
+    params: dict, clip_id: int, frames: list[int] | None = None
+) -> dict[str, np.ndarray]:
+    """Ground truth of clip `clip_id` of the dataset generated with `params` (see
+    `dataset_clip`): where its frames (all, or the 0-based `frames`) show the face, the
+    moving features and the occluder, as float32 [n, image_size, image_size] coverage
+    (`synthetic_faces.render_masks`). Nothing is read from disk."""
+    clip = dataset_clip(params, clip_id)
+    masks = list(synthetic_faces.render_masks(clip, params['image_size'], frames))
+    return {name: np.stack([m[name] for m in masks]) for name in synthetic_faces.MASK_NAMES}
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing.
 # ---------------------------------------------------------------------------------------------

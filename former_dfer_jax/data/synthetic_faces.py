@@ -434,7 +434,17 @@ class _Shapes:
     def line(self, pts, color, width, kind='surface'):
         self.items.append((False, np.asarray(pts, np.float64), _KINDS.index(kind), color, width))
 
-    def draw(self, draw: ImageDraw.ImageDraw, idt: Identity, pose: dict, w: int):
+    def draw(
+        self,
+        draw: ImageDraw.ImageDraw,
+        idt: Identity,
+        pose: dict,
+        w: int,
+        fill: int | None = None,
+    ):
+        """Draws every shape in its colour, or all in `fill` (a mask on an 'L' image)."""
+        if not self.items:
+            return
         sizes = [len(it[1]) for it in self.items]
         pts = np.concatenate([it[1] for it in self.items])
         kind = np.repeat([it[2] for it in self.items], sizes)
@@ -455,6 +465,7 @@ class _Shapes:
         for (is_poly, _, _, color, width), n in zip(self.items, sizes, strict=True):
             xy = flat[start : start + 2 * n]
             start += 2 * n
+            color = color if fill is None else fill
             if is_poly:
                 draw.polygon(xy, fill=color)
             else:
@@ -515,14 +526,15 @@ def _static_shapes(idt: Identity) -> tuple[_Shapes, _Shapes]:
 
 
 def _face_shapes(idt: Identity, e: np.ndarray, blink: float) -> _Shapes:
-    """The shapes of the face that expressions move, for expression vector e."""
+    """The shapes of the face that expressions move, for expression vector e: the face
+    outline first, then the features drawn on it (see `render_masks`)."""
     g = dict(zip(CHANNELS, e.tolist(), strict=True))
     s = _Shapes()
     A = idt.aspect
     skin = idt.skin
     dark = _shade(skin, 0.55)
 
-    # Face outline: the chin drops with the jaw.
+    # Face outline: the chin drops with the jaw. It must stay the first shape.
     fx = A * np.cos(_OUTLINE_ANGLES) * (1 - idt.chin * _OUTLINE_LOWER**3)
     fy = np.sin(_OUTLINE_ANGLES) * np.where(_OUTLINE_LOWER > 0, 1 + 0.1 * g['jaw_drop'], 1.0)
     s.poly(np.stack([fx, fy], 1), skin, 'rim')
@@ -685,3 +697,42 @@ def render_clip(clip: Clip, image_size: int) -> Iterator[np.ndarray]:
         if nuis.noise > 0:
             arr += nuis.noise * noise_rng.standard_normal(arr.shape, np.float32)
         yield np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+
+
+# The ground-truth regions `render_masks` draws.
+MASK_NAMES = ('face', 'features', 'occluder')
+
+
+def render_masks(
+    clip: Clip, image_size: int, frames: list[int] | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yields, per frame (all, or the 0-based `frames`), where `render_clip` drew what.
+
+    Each frame's dict maps `MASK_NAMES` to float32 [image_size, image_size] coverage in
+    [0, 1] (the fraction of a pixel's supersampled area), drawn with the frame's pose:
+    'face' the face outline (skin, including what hair, glasses or the occluder cover),
+    'features' the shapes expressions move (brows, eyes, nose, mouth, cheeks, folds and
+    furrows), 'occluder' the bar or hand (all zero in unoccluded frames). Nothing here
+    touches a random stream: the frames `render_clip` yields are the same with or without.
+    """
+    idt, nuis = clip.identity, clip.nuisance
+    ss = _supersample(image_size)
+    w = image_size * ss
+    for i in range(len(clip.expression)) if frames is None else frames:
+        pose = {
+            'tx': nuis.tx[i],
+            'ty': nuis.ty[i],
+            'roll': nuis.roll[i],
+            'yaw': nuis.yaw[i],
+            'scale': nuis.scale[i],
+        }
+        face = _face_shapes(idt, clip.expression[i], nuis.blink[i])
+        outline, features = _Shapes(), _Shapes()
+        outline.items, features.items = face.items[:1], face.items[1:]
+        occluder = _occluder_shapes(nuis, i) if nuis.occluded[i] else _Shapes()
+        masks = {}
+        for name, shapes in zip(MASK_NAMES, (outline, features, occluder), strict=True):
+            img = Image.new('L', (w, w), 0)
+            shapes.draw(ImageDraw.Draw(img), idt, pose, w, fill=255)
+            masks[name] = np.asarray(img.reduce(ss), np.float32) / 255.0
+        yield masks

@@ -16,7 +16,7 @@ from flax import nnx
 
 from former_dfer_jax.models.layers import linear
 from former_dfer_jax.models.resnet import STAGE_SIZES, feature_map_size
-from former_dfer_jax.models.spatial import CSFormer, SFormer
+from former_dfer_jax.models.spatial import CSFormer, SFormer, Tap, no_tap
 from former_dfer_jax.models.temporal import GRU, LSTM, POOLINGS, TFormer
 
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -180,7 +180,9 @@ class FormerDFER(nnx.Module):
         """Where the classifier's variables sit in the model state (for re-initialising it)."""
         return ('classifier',)
 
-    def __call__(self, clips: jax.Array) -> jax.Array:
+    def __call__(self, clips: jax.Array, tap: Tap = no_tap) -> jax.Array:
+        """`tap` (for explanations, see `spatial.CSFormer`) also sees 'frame_features'
+        [B, T, 512] and 'clip_features' [B, D], the vector the classifier reads."""
         spec = self.spec
         expected = (spec.num_frames, spec.image_size, spec.image_size, 3)
         if clips.ndim != 5 or tuple(clips.shape[1:]) != expected:
@@ -190,8 +192,9 @@ class FormerDFER(nnx.Module):
             )
         b, t, h, w, c = clips.shape
         frames = clips.astype(COMPUTE_DTYPES[spec.compute_dtype]).reshape(b * t, h, w, c)
-        features = self.spatial(frames).reshape(b, t, -1)
-        return self.classifier(self.temporal(features)).astype(jnp.float32)
+        features = tap('frame_features', self.spatial(frames, tap).reshape(b, t, -1))
+        clip_features = tap('clip_features', self.temporal(features))
+        return self.classifier(clip_features).astype(jnp.float32)
 
 
 def build_model(model_config: Mapping[str, Any], *, rngs: nnx.Rngs) -> FormerDFER:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -10,6 +12,17 @@ from jax.typing import DTypeLike
 from former_dfer_jax.models.layers import normal_param
 from former_dfer_jax.models.resnet import STAGE_NAMES, STAGE_WIDTHS, ResNet
 from former_dfer_jax.models.transformer import TransformerEncoder
+
+# Called as tap(name, value) at each named point of the forward pass; returns the value to
+# carry on with (the same one to observe, value + delta to take a gradient there).
+Tap = Callable[[str, jax.Array], jax.Array]
+S_FORMER_POINT = 's_former'  # the tap point of the S-Former's output map
+
+
+def no_tap(name: str, value: jax.Array) -> jax.Array:
+    """The default tap: the plain forward pass."""
+    del name
+    return value
 
 
 class SFormer(nnx.Module):
@@ -72,10 +85,12 @@ class CSFormer(nnx.Module):
         """Channels of the feature map after `stage`, the S-Former's token width there."""
         return STAGE_WIDTHS[STAGE_NAMES.index(stage)]
 
-    def __call__(self, frames: jax.Array) -> jax.Array:
+    def __call__(self, frames: jax.Array, tap: Tap = no_tap) -> jax.Array:
+        """`tap` sees each stage's output map ('layer1'..'layer4', NHWC) and the
+        S-Former's ('s_former', after the stage it follows), for explanations."""
         x = self.trunk.stem(frames)
         for name in STAGE_NAMES:
-            x = self.trunk.stage(name, x)
+            x = tap(name, self.trunk.stage(name, x))
             if self.s_former is not None and name == self.stage:
-                x = self.s_former(x)
+                x = tap(S_FORMER_POINT, self.s_former(x))
         return jnp.mean(x, axis=(1, 2))

@@ -52,14 +52,23 @@ class TFormer(nnx.Module):
             dim, depth, num_heads, head_dim, mlp_dim, dropout_rate, dtype=dtype, rngs=rngs
         )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def tokens(self, x: jax.Array) -> jax.Array:
+        """The encoder's input: [class token,] frame features + position embedding."""
         b, _, d = x.shape
         if self.cls_token is not None:
             cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (b, 1, d))
             x = jnp.concatenate([cls, x], axis=1)
         if self.pos_embedding is not None:
             x = x + self.pos_embedding[...].astype(x.dtype)
-        x = self.encoder(x)
+        return x
+
+    def attention_maps(self, x: jax.Array) -> jax.Array:
+        """Attention weights of every layer on frame features `x` [B, T, D]: float32
+        [depth, B, heads, N, N], token 0 the class token when there is one."""
+        return self.encoder.attention_maps(self.tokens(x))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.encoder(self.tokens(x))
         return x[:, 0] if self.cls_token is not None else jnp.mean(x, axis=1)
 
 

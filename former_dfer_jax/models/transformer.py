@@ -37,13 +37,25 @@ class Attention(nnx.Module):
         self.out = linear(inner, dim, dtype=dtype, rngs=rngs) if project_out else None
         self.dropout = dropout(dropout_rate, rngs=rngs) if project_out else None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def _qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         b, n, _ = x.shape
         # [b, n, 3 * h * d] -> 3 x [b, n, h, d]: [q | k | v] outer, heads outer within each.
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
+    def _weights(self, q: jax.Array, k: jax.Array) -> jax.Array:
         logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) * (self.head_dim**-0.5)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+    def attention_weights(self, x: jax.Array) -> jax.Array:
+        """The float32 attention weights [b, heads, queries, keys] (rows sum to 1)."""
+        q, k, _ = self._qkv(x)
+        return self._weights(q, k)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, n, _ = x.shape
+        q, k, v = self._qkv(x)
+        weights = self._weights(q, k).astype(v.dtype)
         out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(b, n, -1)
         if self.out is None:
             return out
@@ -118,3 +130,11 @@ class TransformerEncoder(nnx.Module):
         for layer in self.layers:
             x = layer(x)
         return x
+
+    def attention_maps(self, x: jax.Array) -> jax.Array:
+        """Every layer's attention weights on input `x`: float32 [depth, B, heads, N, N]."""
+        maps = []
+        for layer in self.layers:
+            maps.append(layer.attn.attention_weights(layer.attn_norm(x)))
+            x = layer(x)
+        return jnp.stack(maps)
