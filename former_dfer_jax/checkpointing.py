@@ -91,16 +91,33 @@ def write_config(run_dir: str, config: ml_collections.ConfigDict) -> None:
     os.replace(tmp, path)
 
 
+def _add_missing_keys(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict):
+    for key, value in defaults.items():
+        if key not in config:
+            config[key] = value
+        elif isinstance(value, ml_collections.ConfigDict) and isinstance(
+            config[key], ml_collections.ConfigDict
+        ):
+            _add_missing_keys(config[key], value)
+
+
 def read_config(run_dir: str) -> ml_collections.ConfigDict:
-    """Reads the config stored in `run_dir`; a clear error when there is none."""
+    """Reads the config stored in `run_dir`; a clear error when there is none.
+
+    Keys added to configs/default.py since the run was written get their defaults, so
+    that older runs still load (their stored values are never changed)."""
+    from configs import default  # the repository's config files, beside this package
+
     path = config_path(run_dir)
     if not os.path.exists(path):
         raise CheckpointError(f'{path}: no config.json; is {run_dir!r} a run directory?')
     try:
         with open(path) as f:
-            return ml_collections.ConfigDict(json.load(f))
+            config = ml_collections.ConfigDict(json.load(f))
     except json.JSONDecodeError as e:
         raise CheckpointError(f'{path}: not valid JSON ({e})') from e
+    _add_missing_keys(config, default.get_config())
+    return config
 
 
 def model_config_differences(

@@ -634,23 +634,12 @@ def _load_run(path: str, which: str, stage: str) -> _Run:
         name=os.path.basename(os.path.normpath(stored.run_dir)),
         path=stored.run_dir,
         model=model,
-        config=_with_new_data_keys(stored.config),
+        config=stored.config,
         stage=stage,
         features=bind(model, clip_features),
         explain=bind(model, explain_clips, stage=stage),
         has_attention=has_attention(model.spec),
     )
-
-
-def _with_new_data_keys(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A run's stored config, plus the data keys added to configs/default.py since it was
-    written (at their defaults), so that older runs still read their data."""
-    from configs import default
-
-    for key, value in default.get_config().data.items():
-        if key not in config.data:
-            config.data[key] = value
-    return config
 
 
 def _check_same_data(a: _Run, b: _Run) -> None:

@@ -264,3 +264,15 @@ def test_flatten_dict_joins_nested_keys_with_dots_under_a_prefix():
         'model.a.c.d': 2,
         'model.e': 3,
     }
+
+
+def test_a_run_written_before_a_config_key_existed_reads_with_that_keys_default(tmp_path):
+    from configs import default
+
+    stored = default.get_config()
+    stored.data.root = '/data/DFEW'
+    del stored.data['face_crop']  # a key added after this run was written
+    checkpointing.write_config(str(tmp_path), stored)
+    config = checkpointing.read_config(str(tmp_path))
+    assert config.data.face_crop == default.get_config().data.face_crop
+    assert config.data.root == '/data/DFEW'  # stored values are kept
