@@ -188,13 +188,19 @@ def test_unreadable_input_is_an_error_naming_it(tmp_path):
 def test_frames_without_the_face_are_dropped_and_counted(tmp_path):
     present = [False, True, True, True, False, False, False, False, True, True]
     path = videos.write_video(tmp_path / 'gaps.mp4', squares(present))
-    fv = video.extract_face_video(path, video.FaceOptions(smooth=1), detector=WhiteSquares())
-    # The longer track (frames 1-3) is the subject; frames 8-9 are another track (the
-    # square vanished for 4 detector runs, more than the 2 a track survives).
+    options = video.FaceOptions(smooth=1, rejoin_s=0)
+    fv = video.extract_face_video(path, options, detector=WhiteSquares())
+    # rejoin_s=0: the longer track (frames 1-3) is the subject; frames 8-9 are another
+    # track (the square vanished for 4 detector runs, more than the 2 a track survives).
     np.testing.assert_array_equal(fv.crop_frames, [1, 2, 3])
     assert fv.num_dropped == 7
     assert [f['face'] is not None for f in fv.frames] == [False, True, True, True] + [False] * 6
     assert len(fv.tracking.other_tracks) == 1
+    # By default (rejoin_s = 2: 50 frames at 25 fps) the square coming back where it was
+    # is the same subject; the frames without it are still dropped.
+    fv = video.extract_face_video(path, video.FaceOptions(smooth=1), detector=WhiteSquares())
+    np.testing.assert_array_equal(fv.crop_frames, [1, 2, 3, 8, 9])
+    assert fv.num_dropped == 5 and fv.tracking.other_tracks == []
 
 
 def test_progress_bar_and_saved_crops(tmp_path, capsys):

@@ -82,13 +82,48 @@ def test_a_short_miss_is_bridged_and_a_long_one_splits_the_track():
     assert tracking.num_tracks == 1 and tracking.faces[5].box[0] == pytest.approx(55)
     for t in (4, 5, 6):
         detections[t] = []  # three misses: the track ends, a new one starts
-    tracking = track.track_main_face(detections, smooth=1, max_missed=2)
+    tracking = track.track_main_face(detections, smooth=1, max_missed=2, rejoin_frames=0)
     assert tracking.num_tracks == 2
     # The main track is the longer one (frames 7-11); the rest are dropped (None).
     assert [f is None for f in tracking.faces] == [True] * 7 + [False] * 5
     assert tracking.other_tracks == [
         {'first_frame': 0, 'last_frame': 3, 'num_frames': 4, 'mean_score': 0.99}
     ]
+
+
+def test_a_face_that_leaves_and_comes_back_where_it_was_is_one_subject():
+    # Frames 0-19 and 40-59: the face (drifting 1 pixel a frame); 20-39: the detector
+    # ran and found nothing.
+    detections = [[face(50 + t, 50)] if t < 20 or t >= 40 else [] for t in range(60)]
+    tracking = track.track_main_face(detections, smooth=5, rejoin_frames=50)
+    assert tracking.num_tracks == 1 and tracking.other_tracks == []
+    assert [f is None for f in tracking.faces] == [False] * 20 + [True] * 20 + [False] * 20
+    assert tracking.main_track == {
+        'first_frame': 0,
+        'last_frame': 59,
+        'num_frames': 40,
+        'mean_score': 0.99,
+    }
+    # Nothing is made up in the gap, and the smoothing does not reach across it.
+    np.testing.assert_allclose(boxes(tracking.faces[40:])[:, 0], 50 + np.arange(40, 60))
+    # Away longer than rejoin_frames, or back somewhere else: another subject.
+    assert track.track_main_face(detections, rejoin_frames=20).num_tracks == 2
+    elsewhere = [
+        [face(50 + t + 300 * (t >= 40), 50)] if d else [] for t, d in enumerate(detections)
+    ]
+    assert track.track_main_face(elsewhere, rejoin_frames=50).num_tracks == 2
+
+
+def test_the_return_keeps_the_frames_the_detector_skipped_next_to_each_part():
+    # detect_every = 5: runs at 0, 5, ..., 55 and 59; the face on 0-19 and 40-59.
+    detections = [None] * 60
+    for t in [*range(0, 60, 5), 59]:
+        detections[t] = [face(50, 50)] if t < 20 or t >= 40 else []
+    tracking = track.track_main_face(detections, smooth=1, rejoin_frames=50)
+    assert tracking.num_tracks == 1
+    # Skipped frames next to a part hold its nearest detection: 16-19 that of 15, 36-39
+    # that of 40 (unknown either way); 20-35 follow a run that found nothing.
+    assert [f is None for f in tracking.faces] == [False] * 20 + [True] * 16 + [False] * 24
 
 
 def test_main_track_is_the_longest_then_the_most_confident():
@@ -111,18 +146,47 @@ def test_main_track_is_the_longest_then_the_most_confident():
     assert track.track_main_face(tie, smooth=1).faces[0].box[0] == 300
 
 
+def test_sparse_detections_of_a_moving_face_link_by_centre_distance():
+    # detect_every = 10 on a 60-pixel face moving 6 pixels a frame (predict's benchmark
+    # face: 53 pixels, up to 5.8 a frame), MTCNN jittering a pixel or two: a face width
+    # between runs, no overlap with the last box.
+    rng = np.random.default_rng(0)
+    detections = [None] * 101
+    for t in range(0, 101, 10):
+        detections[t] = [face(6 * t + rng.normal(0, 1.5), 100 + rng.normal(0, 1.5), size=60)]
+    assert track.iou(detections[0][0].box, detections[10][0].box) == 0
+    tracking = track.track_main_face(detections, smooth=1, iou_threshold=0.3)
+    assert tracking.num_tracks == 1 and tracking.num_missing == 0
+    np.testing.assert_allclose(boxes(tracking.faces)[:, 0], 6 * np.arange(101), atol=5)
+
+
 def test_sparse_detections_of_a_fast_face_link_through_its_velocity():
-    # 60 pixels between detector runs on a 100-pixel face: IoU with the last box 0.25
-    # (< 0.3), with the constant-velocity prediction 1.
+    # 130 pixels between detector runs 8 frames apart on a 100-pixel face: too far from
+    # the last box (1.3 widths), on the constant-velocity prediction.
+    speed = 130 / 8
     detections = [None] * 33
     for t in range(0, 33, 8):
-        detections[t] = [face(7.5 * t, 0)]
+        detections[t] = [face(speed * t, 0)]
     tracking = track.track_main_face(detections, smooth=1, iou_threshold=0.3)
     assert tracking.num_tracks == 5  # no velocity without two detections: no link at all
-    detections[4] = [face(30, 0)]  # one more early detection gives the velocity
+    detections[4] = [face(speed * 4, 0)]  # one more early detection gives the velocity
     tracking = track.track_main_face(detections, smooth=1, iou_threshold=0.3)
     assert tracking.num_tracks == 1
-    np.testing.assert_allclose(boxes(tracking.faces)[:, 0], 7.5 * np.arange(33))
+    np.testing.assert_allclose(boxes(tracking.faces)[:, 0], speed * np.arange(33))
+
+
+def test_two_faces_side_by_side_stay_two_tracks_with_sparse_detections():
+    # Two 80-pixel faces 100 pixels apart (1.25 widths), both moving 4 pixels a frame,
+    # detected every 10th frame; A in every run, B in the first 6 runs.
+    detections = [None] * 91
+    for t in range(0, 91, 10):
+        detections[t] = [face(100 + 4 * t, 50, size=80, score=0.9)]
+        if t <= 50:
+            detections[t].insert(0, face(200 + 4 * t, 50, size=80))
+    tracking = track.track_main_face(detections, smooth=1)
+    assert tracking.num_tracks == 2
+    np.testing.assert_allclose(boxes(tracking.faces)[:, 0], 100 + 4 * np.arange(91))
+    assert [(o['first_frame'], o['num_frames']) for o in tracking.other_tracks] == [(0, 6)]
 
 
 def test_no_detections():

@@ -38,7 +38,9 @@ class FaceOptions:
     frame (and the last), tracking in between. max_side / min_face_size: the default
     detector's (see detect.MtcnnDetector). smooth: centred moving-average window in frames
     for boxes and landmarks (1: off). iou_threshold: IoU linking detections into a track.
-    fps_for_frames_dir: the frame rate given to a folder of frames.
+    rejoin_s: a face that vanished for at most this many seconds and comes back where it
+    was is the same subject (0: never). fps_for_frames_dir: the frame rate given to a
+    folder of frames.
     """
 
     crop_size: int = 256
@@ -47,13 +49,15 @@ class FaceOptions:
     min_face_size: int = 40
     smooth: int = 5
     iou_threshold: float = 0.3
+    rejoin_s: float = track.REJOIN_S
     fps_for_frames_dir: float = decode.DEFAULT_FPS
 
     def __post_init__(self):
-        if self.crop_size < 8 or self.detect_every < 1 or self.smooth < 1:
+        if self.crop_size < 8 or self.detect_every < 1 or self.smooth < 1 or not self.rejoin_s >= 0:
             raise ValueError(
                 f'FaceOptions: crop_size={self.crop_size} (>= 8), detect_every='
-                f'{self.detect_every} (>= 1), smooth={self.smooth} (>= 1)'
+                f'{self.detect_every} (>= 1), smooth={self.smooth} (>= 1), rejoin_s='
+                f'{self.rejoin_s} (>= 0)'
             )
 
 
@@ -138,7 +142,10 @@ def extract_face_video(
 
     t = time.perf_counter()
     tracking = track.track_main_face(
-        detections, iou_threshold=options.iou_threshold, smooth=options.smooth
+        detections,
+        iou_threshold=options.iou_threshold,
+        smooth=options.smooth,
+        rejoin_frames=round(options.rejoin_s * info.fps),
     )
     timings['track'] = time.perf_counter() - t
     if tracking.main_track is None:

@@ -1,8 +1,13 @@
 """One subject per video: detections -> tracks -> the main face in every frame, smoothed.
 
-Detections of consecutive detector runs are linked by IoU (against the track's last box
-and its constant-velocity prediction, so a face moving between sparse detections still
-links); a track survives `max_missed` runs without a match. The main track is the longest
+Detections of consecutive detector runs are linked to a track when they overlap (IoU)
+its last box or its constant-velocity prediction at that frame, or when their centre is
+near either (0.5 face widths plus 0.07 per frame since the track's last detection, at
+most 1.5: a face moving a tenth of its width a frame still links at detect_every = 10);
+a track survives `max_missed` runs without a match. A track that starts within
+`rejoin_frames` frames after another ended, where that one's last box was, continues it
+(the subject turned away or left the frame and came back): the frames between stay
+without a face. The main track is the longest
 (most detections), then the most confident; the others are reported. Its face is filled
 in on frames between its detections by linear interpolation of box, landmarks and score,
 held on frames the detector skipped next to its ends, and smoothed with a centred moving
@@ -19,6 +24,21 @@ from collections.abc import Sequence
 import numpy as np
 
 from former_dfer_jax.video.detect import Face
+
+# A detection links to a track whose predicted centre is within
+# min(MAX_DISTANCE, BASE_DISTANCE + DISTANCE_PER_FRAME * gap) face widths, gap: frames
+# since the track's last detection (predict's benchmark face, 53 pixels wide, moves up to
+# 5.8 pixels a frame: 0.88 widths between runs at detect_every 8, 1.1 at 10; two faces
+# side by side are >= 1 width apart, and the closest pairs link first) ...
+BASE_DISTANCE, DISTANCE_PER_FRAME, MAX_DISTANCE = 0.5, 0.07, 1.5
+# ... if its width is within this factor of the track's (not a near or far other face).
+MAX_SIZE_RATIO = 1.5
+# A new track continues one whose last box it overlaps (IoU) or whose centre is within
+# REJOIN_DISTANCE widths of its own (back where it was, give or take a head's turn), ...
+REJOIN_DISTANCE = 0.5
+# ... and that ended that ended at most this long before it (seconds; the
+# pipeline converts it to frames with the video's frame rate).
+REJOIN_S = 2.0
 
 
 def iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -58,7 +78,8 @@ def link_tracks(
     """Per-frame detections -> tracks, each a list of (frame index, face) in time order.
 
     `detections[t]` is None for a frame the detector did not run on (it neither extends
-    nor ends a track). Matching is greedy by IoU, best pair first.
+    nor ends a track). Matching is greedy, the closest pair first (centre distance over
+    the track's face width, from its last box or its prediction, whichever is nearer).
     """
     finished: list[list[tuple[int, Face]]] = []
     active: list[list[tuple[int, Face]]] = []
@@ -69,12 +90,13 @@ def link_tracks(
         pairs = []
         for i, track in enumerate(active):
             guesses = (track[-1][1].box, _predicted_box(track, t))
+            limit = min(MAX_DISTANCE, BASE_DISTANCE + DISTANCE_PER_FRAME * (t - track[-1][0]))
             for j, face in enumerate(faces):
-                overlap = max(iou(guess, face.box) for guess in guesses)
-                if overlap >= iou_threshold:
-                    pairs.append((overlap, i, j))
+                cost = _link_cost(guesses, face.box, iou_threshold, limit)
+                if cost is not None:
+                    pairs.append((cost, i, j))
         used_tracks, used_faces = set(), set()
-        for _, i, j in sorted(pairs, reverse=True):
+        for _, i, j in sorted(pairs):
             if i in used_tracks or j in used_faces:
                 continue
             used_tracks.add(i)
@@ -97,12 +119,42 @@ def link_tracks(
     return tracks
 
 
-def track_summary(track: Sequence[tuple[int, Face]]) -> dict:
+def join_returns(
+    tracks: Sequence[list[tuple[int, Face]]],
+    *,
+    rejoin_frames: int,
+    iou_threshold: float = 0.3,
+) -> list[list[list[tuple[int, Face]]]]:
+    """Tracks (time order of their first frame) -> subjects, each a list of its tracks
+    (segments, in time order): a track starting at most `rejoin_frames` frames after
+    another one ended, with its first box close to (as for linking) that one's last box,
+    continues it; the latest-ending such track if several."""
+    subjects: list[list[list[tuple[int, Face]]]] = []
+    for track in sorted(tracks, key=lambda track: track[0][0]):
+        start, box = track[0][0], track[0][1].box
+        best = None
+        for subject in subjects:
+            end, last = subject[-1][-1]
+            if (
+                end < start <= end + rejoin_frames
+                and _link_cost((last.box,), box, iou_threshold, REJOIN_DISTANCE) is not None
+                and (best is None or end > best[-1][-1][0])
+            ):
+                best = subject
+        if best is None:
+            subjects.append([track])
+        else:
+            best.append(track)
+    return subjects
+
+
+def track_summary(segments: Sequence[Sequence[tuple[int, Face]]]) -> dict:
+    detections = [face for segment in segments for _, face in segment]
     return {
-        'first_frame': int(track[0][0]),
-        'last_frame': int(track[-1][0]),
-        'num_frames': len(track),
-        'mean_score': round(float(np.mean([face.score for _, face in track])), 4),
+        'first_frame': int(segments[0][0][0]),
+        'last_frame': int(segments[-1][-1][0]),
+        'num_frames': len(detections),
+        'mean_score': round(float(np.mean([face.score for face in detections])), 4),
     }
 
 
@@ -112,27 +164,63 @@ def track_main_face(
     iou_threshold: float = 0.3,
     smooth: int = 5,
     max_missed: int = 2,
+    rejoin_frames: int = 50,
 ) -> Tracking:
     """The main subject's face in every frame of `detections` (one list per frame; None
     where the detector did not run), filled in between its detections and smoothed over
-    a centred window of `smooth` frames (1: no smoothing)."""
+    a centred window of `smooth` frames (1: no smoothing). `rejoin_frames` (0: never):
+    the longest gap of a subject that left and came back (the pipeline gives REJOIN_S
+    seconds of the video; 50 frames is 2 s at 25 fps); num_tracks counts subjects."""
     tracks = link_tracks(detections, iou_threshold=iou_threshold, max_missed=max_missed)
+    subjects = join_returns(tracks, rejoin_frames=rejoin_frames, iou_threshold=iou_threshold)
     num = len(detections)
-    if not tracks:
+    if not subjects:
         return Tracking(faces=[None] * num, num_tracks=0, other_tracks=[])
-    main = max(
-        range(len(tracks)),
-        key=lambda i: (len(tracks[i]), np.mean([f.score for _, f in tracks[i]]), -i),
-    )
-    faces = _fill(tracks[main], detections)
+
+    def rank(i: int) -> tuple:
+        faces = [face for segment in subjects[i] for _, face in segment]
+        return len(faces), np.mean([face.score for face in faces]), -i
+
+    main = max(range(len(subjects)), key=rank)
+    faces: list[Face | None] = [None] * num
+    for segment in subjects[main]:
+        for t, face in enumerate(_fill(segment, detections)):
+            if face is not None:
+                faces[t] = face
     faces = _smooth(faces, smooth)
-    others = [track_summary(track) for i, track in enumerate(tracks) if i != main]
+    others = [track_summary(subject) for i, subject in enumerate(subjects) if i != main]
     return Tracking(
         faces=faces,
-        num_tracks=len(tracks),
+        num_tracks=len(subjects),
         other_tracks=others,
-        main_track=track_summary(tracks[main]),
+        main_track=track_summary(subjects[main]),
     )
+
+
+def _centre_and_width(box: Sequence[float]) -> tuple[float, float, float]:
+    return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box[2] - box[0]
+
+
+def _link_cost(
+    guesses: Sequence[Sequence[float]],
+    box: Sequence[float],
+    iou_threshold: float,
+    max_distance: float,
+) -> float | None:
+    """How far `box` is from the nearest of a track's `guesses` (centre distance in the
+    guess's face widths), or None where it may not link: neither IoU >= iou_threshold
+    nor a centre within `max_distance` widths at a width within MAX_SIZE_RATIO."""
+    x, y, width = _centre_and_width(box)
+    best = None
+    for guess in guesses:
+        gx, gy, gwidth = _centre_and_width(guess)
+        if gwidth <= 0 or width <= 0:
+            continue
+        distance = float(np.hypot(x - gx, y - gy)) / gwidth
+        near = distance < max_distance and 1 / MAX_SIZE_RATIO <= width / gwidth <= (MAX_SIZE_RATIO)
+        if (near or iou(guess, box) >= iou_threshold) and (best is None or distance < best):
+            best = distance
+    return best
 
 
 def _predicted_box(track: Sequence[tuple[int, Face]], t: int) -> tuple[float, ...]:
