@@ -24,13 +24,14 @@ import os
 import resource
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import app, flags
 from flax import nnx
 
@@ -69,7 +70,8 @@ def _peak_memory(device: jax.Device) -> dict[str, Any]:
     return {'peak_device_bytes': stats.get('peak_bytes_in_use')}
 
 
-def _random_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int) -> dict:
+def random_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int) -> dict:
+    """Random clips of the config's shapes: video, label and mask (all True)."""
     model = config.model
     shape = (batch_size, model.num_frames, model.image_size, model.image_size, 3)
     rng = np.random.default_rng(seed)
@@ -78,6 +80,48 @@ def _random_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int)
         'label': jnp.asarray(rng.integers(0, model.num_classes, batch_size), jnp.int32),
         'mask': jnp.ones((batch_size,), bool),
     }
+
+
+def step_function(
+    config: ml_collections.ConfigDict,
+    what: str,
+    state: steps.TrainState,
+    tx: optax.GradientTransformation,
+    schedule: steps.LearningRateSchedule,
+    batch: dict,
+) -> tuple[Callable, tuple]:
+    """(jitted step, its arguments): `steps.train_step` with the state donated, as
+    training runs it, or `steps.eval_step` on the state's eval graph."""
+    if what == 'train':
+        batch = {k: v for k, v in batch.items() if k != 'mask'}
+        jitted = jax.jit(
+            functools.partial(steps.train_step, tx=tx, schedule=schedule), donate_argnums=0
+        )
+        return jitted, (state, batch)
+    jitted = jax.jit(
+        functools.partial(
+            steps.eval_step, graphdef=state.eval_graphdef, num_classes=config.model.num_classes
+        )
+    )
+    return jitted, (state.params, state.rest, batch)
+
+
+def _compiled_memory(compiled) -> dict[str, Any]:
+    """Bytes the compiled step needs on its device (arguments + outputs + temporaries, less
+    donated aliases): per setting, where the process peak only grows."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # not every backend implements it
+        return {'step_memory_bytes': None}
+    if stats is None:
+        return {'step_memory_bytes': None}
+    total = (
+        stats.argument_size_in_bytes
+        + stats.output_size_in_bytes
+        + stats.temp_size_in_bytes
+        - stats.alias_size_in_bytes
+    )
+    return {'step_memory_bytes': int(total), 'step_temp_bytes': int(stats.temp_size_in_bytes)}
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -109,23 +153,8 @@ def benchmark_step(
     tx = steps.make_optimizer(config.optimizer, schedule)
     state = steps.init_train_state(model, tx)
     del model
-    batch = _random_batch(config, batch_size, config.seed)
-
-    if what == 'train':
-        batch.pop('mask')
-        jitted = jax.jit(
-            functools.partial(steps.train_step, tx=tx, schedule=schedule), donate_argnums=0
-        )
-        args = (state, batch)
-    else:
-        jitted = jax.jit(
-            functools.partial(
-                steps.eval_step,
-                graphdef=state.eval_graphdef,
-                num_classes=config.model.num_classes,
-            )
-        )
-        args = (state.params, state.rest, batch)
+    batch = random_batch(config, batch_size, config.seed)
+    jitted, args = step_function(config, what, state, tx, schedule, batch)
 
     start = time.perf_counter()
     compiled = jitted.lower(*args).compile()
@@ -177,6 +206,7 @@ def benchmark_step(
         'peak_gflops_per_s': peak / 1e9 if peak else None,
         'mfu': achieved / peak if achieved and peak else None,
         **_peak_memory(device),
+        **_compiled_memory(compiled),
         'device': getattr(device, 'device_kind', device.platform),
         'platform': device.platform,
         'num_devices': jax.device_count(),

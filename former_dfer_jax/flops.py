@@ -31,7 +31,7 @@ from absl import app, flags
 from flax import nnx
 
 from former_dfer_jax import ablations, cli, config_checks
-from former_dfer_jax.models import build_abstract_model, count_parameters
+from former_dfer_jax.models import build_abstract_model, conv, count_parameters
 
 # The paper's complexity column (GFLOPs, i.e. multiply-adds). Its 9.11 is the model with
 # the depths of its text, S-Former N = 3 and T-Former M = 3 (the code's default N = 1).
@@ -61,6 +61,10 @@ def _jaxpr_macs(jaxpr: jax.extend.core.Jaxpr) -> int:
             rhs_spec = eqn.params['dimension_numbers'].rhs_spec  # (out, in, *spatial)
             # The kernel's input-feature dim is already in_channels / groups.
             total += out * math.prod(rhs[d] for d in rhs_spec[1:])
+        elif (branch := conv.platform_branch(eqn, 'cuda')) is not None:
+            # lax.platform_dependent (models/conv.py's CPU paths): count one platform's
+            # program, the plain lax one with full kernel windows.
+            total += _jaxpr_macs(branch)
         else:
             repeat = eqn.params.get('length', 1) if name == 'scan' else 1
             total += repeat * sum(_jaxpr_macs(sub) for sub in _subjaxprs(eqn.params))

@@ -116,3 +116,18 @@ def test_max_pool_matches_reduce_window(shape, window, ties):
     np.testing.assert_array_equal(y1, y0)
     # Measured 4.8e-7 (gradients < 5.4), ~2x below the limit.
     np.testing.assert_allclose(vjp1(g)[0], vjp0(g)[0], atol=1e-6)
+
+
+def test_the_cpu_paths_are_chosen_by_the_lowering_platform():
+    """One traced program holds both paths; `platform_branch` names what each platform runs:
+    the CPU's custom-VJP convolution, anywhere else the plain lax one."""
+    x = jnp.zeros((2, 2, 2, 4))  # a map smaller than the window: the CPU takes patches
+    w = jnp.zeros((3, 3, 4, 6))
+    jaxpr = jax.make_jaxpr(lambda x, w: _new_conv(x, w, 1, 1))(x, w).jaxpr
+    (cond,) = [e for e in jaxpr.eqns if conv.platform_branch(e, 'cpu') is not None]
+    cpu = [e.primitive.name for e in conv.platform_branch(cond, 'cpu').eqns]
+    other = conv.platform_branch(cond, 'cuda').eqns
+    assert 'custom_vjp_call' in cpu
+    assert [e.primitive.name for e in other] == ['conv_general_dilated']
+    assert other[0].invars[1].aval.shape == (3, 3, 4, 6)
+    assert conv.platform_branch(other[0], 'cpu') is None  # not a platform conditional

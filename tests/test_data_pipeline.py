@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from configs import default
 from former_dfer_jax.data import pipeline
-from former_dfer_jax.data.benchmark import benchmark_input
+from former_dfer_jax.data.benchmark import benchmark_input, sampled_frames
 from former_dfer_jax.data.prepare import prepare
 
 # 22 clips; lengths cover N = 1, N < U, N = U, N = U + V - 1 and longer clips.
@@ -243,3 +244,19 @@ def test_benchmark_input_reports_throughput(config):
     assert result['batch_size'] == 4 and result['num_batches'] == 5
     assert result['clips_per_s'] > 0 and result['clips_per_cpu_s'] > 0
     assert result['dataset'] == 'dfew'
+    # The decode limit of the epoch's 16 train clips, and the pipeline's share of it.
+    assert result['decode_clips'] == 16
+    assert result['decode_clips_per_s'] > 0 and result['decode_crop_clips_per_s'] > 0
+    assert result['fraction_of_decode_limit'] == pytest.approx(
+        result['clips_per_s'] / result['decode_clips_per_s']
+    )
+
+
+def test_decode_limit_decodes_the_frames_the_pipeline_samples(config, raw_data):
+    frames = sampled_frames(config, 4)
+    assert frames['encoded'].shape == (4, 16) and frames['windows'].shape == (4, 4)
+    decoded = np.stack(
+        [[tf.io.decode_jpeg(f).numpy() / 255.0 for f in clip] for clip in frames['encoded']]
+    )
+    first = next(pipeline.load(config, 'train'))
+    np.testing.assert_array_equal(raw_data.frame_of(decoded), raw_data.frame_of(first['video']))

@@ -18,6 +18,7 @@ from former_dfer_jax.models import (
     SpatialSpec,
     TemporalSpec,
     build_model,
+    conv,
     count_parameters,
 )
 from former_dfer_jax.models.temporal import GRU, LSTM, TFormer
@@ -235,6 +236,10 @@ def test_bfloat16_computes_in_bfloat16_and_returns_float32(tiny_model):
 def _all_eqns(jaxpr):
     for eqn in jaxpr.eqns:
         yield eqn
+        branch = conv.platform_branch(eqn, 'cpu')  # the program the CPU runs, not every one
+        if branch is not None:
+            yield from _all_eqns(branch)
+            continue
         for value in eqn.params.values():
             inner = getattr(value, 'jaxpr', None)
             if inner is not None:

@@ -26,6 +26,24 @@ def test_ynn_convolutions_enabled():
 
 def test_default_flags_only_on_measured_jaxlib(monkeypatch):
     monkeypatch.setattr(xla_flags, '_jaxlib_version', lambda: '0.10.2')
-    assert xla_flags.default_flags() == xla_flags.DEFAULT_FLAGS
+    assert xla_flags.default_flags('avx2') == xla_flags.FLAGS_BY_ISA['avx2']
     monkeypatch.setattr(xla_flags, '_jaxlib_version', lambda: '0.11.0')
-    assert xla_flags.default_flags() == {}
+    assert xla_flags.default_flags('avx2') == {}
+
+
+def test_default_flags_follow_the_cpu_isa(monkeypatch):
+    monkeypatch.setattr(xla_flags, '_jaxlib_version', lambda: '0.10.2')
+    monkeypatch.setattr(xla_flags, 'cpu_isa', lambda: 'avx512')
+    assert xla_flags.default_flags() == xla_flags.FLAGS_BY_ISA['avx512']
+    assert xla_flags.default_flags('other') == {}
+    assert set(xla_flags.FLAGS_BY_ISA) == set(xla_flags.ISAS)
+
+
+def test_cpu_isa_from_cpuinfo_flags():
+    isa = xla_flags.cpu_isa
+    assert isa({'avx', 'avx2', 'fma', 'avx512f', 'avx512bw', 'amx_tile', 'amx_bf16'}) == 'amx'
+    assert isa({'avx', 'avx2', 'fma', 'avx512f', 'avx512_bf16'}) == 'avx512'  # AMD Zen 4
+    assert isa({'avx', 'avx2', 'fma'}) == 'avx2'
+    assert isa({'sse4_2', 'avx'}) == 'other'
+    assert isa(set()) == 'other'
+    assert xla_flags.cpu_isa() in xla_flags.ISAS  # this machine, whatever it is

@@ -1,10 +1,13 @@
 """Convolution and max pooling tuned for XLA:CPU, the same functions as lax's.
 
-`nnx.Conv(..., conv_general_dilated=conv_general_dilated)` and `max_pool` use them; on
-other backends, and for anything but a plain NHWC x HWIO convolution (no dilation, one
-feature group), they are `lax.conv_general_dilated` / `lax.reduce_window`. On CPU they
-avoid three slow paths of XLA:CPU (jaxlib 0.10.2, 2 AMD EPYC cores, Former-DFER train
-step; numbers from `python -m former_dfer_jax.benchmark` and per-layer timings):
+`nnx.Conv(..., conv_general_dilated=conv_general_dilated)` and `max_pool` use them. The
+CPU paths are chosen by the platform the program is lowered for (`lax.platform_dependent`),
+not by the host's default backend: a program lowered or exported for a GPU (`jax.export`
+with platforms=['cuda'], on any host) runs `lax.conv_general_dilated` / `lax.reduce_window`
+and their own gradients, as does anything but a plain NHWC x HWIO convolution (no dilation,
+one feature group). On CPU they avoid three slow paths of XLA:CPU (jaxlib 0.10.2, 2 AMD
+EPYC cores (AVX2), Former-DFER train step; numbers from `python -m former_dfer_jax.benchmark`
+and per-layer timings):
 
 * Small maps. When the kernel window holds more taps than the input map has positions
   (a 3x3 kernel on a 2x2 or 1x1 map: layer3 / layer4 at 32-64 px), XLA's algebraic
@@ -32,7 +35,7 @@ Every path computes the same float32 sums as lax's, in another order (|diff| ~1e
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +45,26 @@ from former_dfer_jax import xla_flags
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def on_cpu(cpu: Callable[..., jax.Array], other: Callable[..., jax.Array], *args) -> jax.Array:
+    """`cpu(*args)` where the computation is lowered for (and runs on) the CPU, else
+    `other(*args)`. Decided at lowering, not by the default backend at trace time, so that
+    exporting for CUDA (`jax.export`, platforms=['cuda']) on a CPU host takes `other`."""
+    return lax.platform_dependent(*args, cpu=cpu, default=other)
+
+
+def platform_branch(eqn, platform: str):
+    """The jaxpr that `platform` runs of a `lax.platform_dependent` conditional (such as
+    `on_cpu`'s) in a traced program; None for any other equation. For code that walks a
+    jaxpr (MAC counts, tests) and should see one platform's program, not every platform's."""
+    platforms = eqn.params.get('branches_platforms')
+    if eqn.primitive.name != 'cond' or platforms is None:
+        return None
+    for branch, names in zip(eqn.params['branches'], platforms, strict=True):
+        if names is None or platform in names:  # None: the default branch
+            return branch.jaxpr
+    raise ValueError(f'no branch for platform {platform!r} (branches: {platforms})')
 
 
 def out_size(size: int, kernel: int, stride: int, padding: tuple[int, int]) -> int:
@@ -250,8 +273,7 @@ def conv_general_dilated(
 ) -> jax.Array:
     """`lax.conv_general_dilated` with the CPU paths for plain 2-D NHWC convolutions."""
     plain = (
-        jax.default_backend() == 'cpu'
-        and lhs.ndim == 4
+        lhs.ndim == 4
         and batch_group_count == 1
         and preferred_element_type is None
         and not kwargs.get('out_sharding')
@@ -260,16 +282,13 @@ def conv_general_dilated(
             lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, padding
         )
     )
-    if plain:
-        return cpu_conv(lhs, rhs, window_strides, padding, precision)
     extra = {}
     if preferred_element_type is not None:
         extra['preferred_element_type'] = preferred_element_type
-    return lax.conv_general_dilated(
-        lhs,
-        rhs,
-        window_strides,
-        padding,
+    plain_lax = functools.partial(
+        lax.conv_general_dilated,
+        window_strides=window_strides,
+        padding=padding,
         lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers,
@@ -279,6 +298,10 @@ def conv_general_dilated(
         **extra,
         **kwargs,
     )
+    if not plain:
+        return plain_lax(lhs, rhs)
+    cpu = functools.partial(cpu_conv, strides=window_strides, padding=padding, precision=precision)
+    return on_cpu(cpu, plain_lax, lhs, rhs)
 
 
 # ---- Max pooling ----------------------------------------------------------------------------
@@ -414,6 +437,8 @@ _max_pool_cpu.defvjp(_max_pool_cpu_fwd, _max_pool_cpu_bwd)
 def max_pool(x: jax.Array, kernel: int, stride: int, pad: int) -> jax.Array:
     """nn.MaxPool2d(kernel, stride, pad) on NHWC: -inf padding, which never wins. The
     gradient goes to the first maximum of each window; on CPU by the fused rule above."""
-    if jax.default_backend() == 'cpu':
-        return _max_pool_cpu(x, kernel, stride, pad)
-    return _reduce_window_max(x, kernel, stride, pad)
+    return on_cpu(
+        lambda x: _max_pool_cpu(x, kernel, stride, pad),
+        lambda x: _reduce_window_max(x, kernel, stride, pad),
+        x,
+    )
