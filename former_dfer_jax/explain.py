@@ -523,11 +523,24 @@ class ClipPicture:
     frame_importance: np.ndarray | None  # [T], T-Former attention rollout
 
 
+def clip_picture(out: Mapping[str, Any], i: int, title: str) -> ClipPicture:
+    """Clip `i` of an `explain_clips` output (arrays [B, ...]) as `plot_clip` draws it."""
+    importance = out.get('frame_importance')
+    return ClipPicture(
+        title=title,
+        feature_heatmap=np.asarray(out['feature_heatmap'][i]),
+        grad_cam=np.asarray(out['grad_cam'][i]),
+        occlusion=np.asarray(out['occlusion'][i]),
+        frame_importance=None if importance is None else np.asarray(importance[i]),
+    )
+
+
 def overlay(frames: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """Frames [T, H, W, 3] in [0, 1] blended with the 'jet' colours of heat [T, H, W]."""
     from matplotlib import colormaps
 
-    colours = colormaps['jet'](np.clip(heat, 0, 1))[..., :3]
+    # float32: heatmaps may be kept compact (float16, as `predict --explain` keeps them).
+    colours = colormaps['jet'](np.clip(np.asarray(heat, np.float32), 0, 1))[..., :3]
     return (1 - alpha) * np.clip(frames, 0, 1) + alpha * colours
 
 
@@ -620,7 +633,6 @@ class _Run:
     stage: str
     features: Callable[..., Any]
     explain: Callable[..., Any]
-    has_attention: bool
 
 
 def _load_run(path: str, which: str, stage: str) -> _Run:
@@ -638,7 +650,6 @@ def _load_run(path: str, which: str, stage: str) -> _Run:
         stage=stage,
         features=bind(model, clip_features),
         explain=bind(model, explain_clips, stage=stage),
-        has_attention=has_attention(model.spec),
     )
 
 
@@ -806,22 +817,13 @@ def _write_heatmaps(
             pictures = []
             for run in runs:
                 e, r = outs[run.name], split['runs'][run.name]
-                pictures.append(
-                    ClipPicture(
-                        title=(
-                            f'{run.name} [{run.stage}]: predicted '
-                            f'{CLASS_NAMES[r["predictions"][row]]}, '
-                            f'p({CLASS_NAMES[label]}) = {r["probabilities"][row, label]:.2f}; '
-                            f'maps of {CLASS_NAMES[int(e["class_index"][i])]}'
-                        ),
-                        feature_heatmap=np.asarray(e['feature_heatmap'][i]),
-                        grad_cam=np.asarray(e['grad_cam'][i]),
-                        occlusion=np.asarray(e['occlusion'][i]),
-                        frame_importance=(
-                            np.asarray(e['frame_importance'][i]) if run.has_attention else None
-                        ),
-                    )
+                title = (
+                    f'{run.name} [{run.stage}]: predicted '
+                    f'{CLASS_NAMES[r["predictions"][row]]}, '
+                    f'p({CLASS_NAMES[label]}) = {r["probabilities"][row, label]:.2f}; '
+                    f'maps of {CLASS_NAMES[int(e["class_index"][i])]}'
                 )
+                pictures.append(clip_picture(e, i, title))
             clip, p_true = split['clip_ids'][row], float(ours['probabilities'][row, label])
             folder = os.path.join(directory, CLASS_NAMES[label])
             os.makedirs(folder, exist_ok=True)

@@ -6,7 +6,9 @@
 
 `--input` is a video file, a folder of frames (`x_y.jpg`), or a folder of either. Per video,
 `<output>/<video stem>/` gets `prediction.json`, `timeline.png`, `faces.png` (and
-`annotated.mp4` with `--annotate`); a batch also gets `<output>/summary.json`.
+`annotated.mp4` with `--annotate`, and one `explain_<window>_<start>-<end>s.png` per window
+with `--explain`: `explain`'s heatmap strip of the window's frames); a batch also gets
+`<output>/summary.json`.
 
 The face pipeline is `former_dfer_jax.video` (decode, detect, track, align to 256 x 256 as
 DFEW's crops). Windows of `window_s` seconds every `stride_s` seconds are laid over the
@@ -22,6 +24,9 @@ frames (with a warning).
     model, settings = predict.load('runs/dfew_fd1')
     result = predict.predict_video(model, 'clip.mp4', settings=settings)
     result['clip']['label'], result['clip']['probabilities']
+
+    predictor = predict.Predictor(model, settings, explain=True)  # + the explain pictures
+    predict.write_prediction(predictor.predict('clip.mp4'), 'out/clip')
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from flax import nnx
 from PIL import Image, ImageDraw, ImageFont
 
 from former_dfer_jax import checkpointing, cli
+from former_dfer_jax import explain as explaining
 from former_dfer_jax.data import sampling, sources
 from former_dfer_jax.errors import UserError
 from former_dfer_jax.video import decode, detect, faces, track
@@ -148,11 +154,22 @@ def load(path: str, which: str = 'best') -> tuple[nnx.Module, ModelSettings]:
     return model, settings_of(stored.run_dir, stored.config)
 
 
+def _explain_in_eval_mode(model: nnx.Module, clips: jax.Array, *, stage: str) -> dict:
+    model.eval()  # on the copy `explain.bind` merges: the caller's model is left as it is
+    return explaining.explain_clips(model, clips.astype(jnp.float32) / 255.0, stage=stage)
+
+
+# What a window's explanation keeps of `explain.explain_clips`' output; the heatmaps as
+# float16 (plenty for the 256 colours they are drawn with, half the memory).
+_EXPLANATION_KEYS = ('feature_heatmap', 'grad_cam', 'occlusion', 'frame_importance', 'class_index')
+
+
 class _Classifier:
     """The jitted model over batches of uint8 clips; the last batch padded to batch_size,
-    so one program is compiled whatever the number of windows."""
+    so one program is compiled whatever the number of windows. With `explain_stage`,
+    `explain.explain_clips` also runs on each batch (one more jitted call per batch)."""
 
-    def __init__(self, model: nnx.Module, batch_size: int):
+    def __init__(self, model: nnx.Module, batch_size: int, explain_stage: str | None = None):
         if batch_size < 1:
             raise PredictError(f'batch_size={batch_size}: expected >= 1')
         self.batch_size = batch_size
@@ -164,18 +181,35 @@ class _Classifier:
             return jax.nn.softmax(module(clips.astype(jnp.float32) / 255.0), axis=-1)
 
         self._forward = jax.jit(forward)
+        self._explain = None
+        if explain_stage is not None:
+            self._explain = explaining.bind(model, _explain_in_eval_mode, stage=explain_stage)
 
-    def __call__(self, clips: np.ndarray) -> np.ndarray:
-        """uint8 [n, T, S, S, 3] -> float32 probabilities [n, C]."""
-        out = []
+    def __call__(self, clips: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
+        """uint8 [n, T, S, S, 3] -> float32 probabilities [n, C], and (with an explain
+        stage; else None) the clips' explanations: `_EXPLANATION_KEYS` arrays [n, ...].
+
+        The probabilities are the forward program's whether or not explanations are made,
+        so --explain leaves prediction.json as it is."""
+        out, explained = [], []
         for start in range(0, len(clips), self.batch_size):
             chunk = clips[start : start + self.batch_size]
             n = len(chunk)
             if n < self.batch_size:
                 pad = np.repeat(chunk[-1:], self.batch_size - n, axis=0)
                 chunk = np.concatenate([chunk, pad])
-            out.append(np.asarray(self._forward(self._state, jnp.asarray(chunk)))[:n])
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+            chunk = jnp.asarray(chunk)
+            out.append(np.asarray(self._forward(self._state, chunk))[:n])
+            if self._explain is not None:
+                e = jax.device_get(self._explain(chunk))
+                explained.append({k: np.asarray(e[k])[:n] for k in _EXPLANATION_KEYS if k in e})
+        probabilities = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+        if self._explain is None or not explained:
+            return probabilities, None
+        merged = {k: np.concatenate([e[k] for e in explained]) for k in explained[0]}
+        for k in ('feature_heatmap', 'grad_cam'):
+            merged[k] = merged[k].astype(np.float16)
+        return probabilities, merged
 
 
 # ---- Windows ---------------------------------------------------------------------------
@@ -269,6 +303,8 @@ class Prediction:
     window_crops: list[np.ndarray]  # per window: crop positions sampled
     warnings: list[str]
     timings: dict[str, float]  # seconds: decode, detect, align, model, total
+    # Per window (with Predictor(explain=True)): what its explain picture draws.
+    explanations: list[explaining.ClipPicture] | None = None
 
 
 class Predictor:
@@ -284,7 +320,12 @@ class Predictor:
         batch_size: int = DEFAULT_BATCH_SIZE,
         face_options: faces.FaceOptions | None = None,
         detector: Any = None,
+        explain: bool = False,
+        explain_stage: str = '',
     ):
+        """`explain`: also explain every window (`explain.explain_clips` on the map of
+        `explain_stage`, default `explain.default_stage`: the S-Former's, else conv5) for
+        `write_prediction` to draw; costs about T + 2 forward passes per window more."""
         if not window_s > 0 or not stride_s > 0:
             raise PredictError(f'window_s={window_s}, stride_s={stride_s}: expected both > 0')
         self.model = model
@@ -308,11 +349,16 @@ class Predictor:
         self.detector = detector or detect.MtcnnDetector(
             max_side=self.face_options.max_side, min_face_size=self.face_options.min_face_size
         )
-        self.classifier = _Classifier(model, batch_size)
+        self.explain_stage = None
+        if explain:
+            self.explain_stage = explain_stage or explaining.default_stage(spec)
+            explaining.check_stage(spec, self.explain_stage)
+        self.classifier = _Classifier(model, batch_size, self.explain_stage)
 
     def warm_up(self) -> float:
-        """Builds the detector and compiles the model on blank input, so that the
-        timings of the videos are the steady state's; returns the seconds it took."""
+        """Builds the detector and compiles the model (and the explanations) on blank
+        input, so that the timings of the videos are the steady state's; returns the
+        seconds it took."""
         started = time.perf_counter()
         self.detector.detect(np.zeros((128, 128, 3), np.uint8))
         spec = self.model.spec
@@ -361,10 +407,20 @@ class Predictor:
             crops_here = crops_here[crops_here >= 0]
             picked = sampling.sample_frame_indices(len(crops_here), u, v, train=False)
             window_crops.append(crops_here[picked])
-        probabilities = self.classifier(np.stack([small[c] for c in window_crops]))
+        probabilities, explained = self.classifier(np.stack([small[c] for c in window_crops]))
         model_s = time.perf_counter() - model_started
 
         names = list(self.settings.class_names)
+        explanations = None
+        if explained is not None:
+            explanations = []
+            for i, probs in enumerate(probabilities):
+                best = int(np.argmax(probs))
+                title = (
+                    f'[{self.explain_stage}]: predicted {names[best]} ({probs[best]:.2f}); '
+                    f'maps of {names[int(explained["class_index"][i])]}'
+                )
+                explanations.append(explaining.clip_picture(explained, i, title))
         mean = probabilities.mean(axis=0)
         result = {
             'video': os.path.abspath(path),
@@ -396,7 +452,9 @@ class Predictor:
         timings['total'] = time.perf_counter() - started
         for warning in warnings:
             logging.warning('%s', warning)
-        return Prediction(result, video.crops, video.crop_frames, window_crops, warnings, timings)
+        return Prediction(
+            result, video.crops, video.crop_frames, window_crops, warnings, timings, explanations
+        )
 
 
 def predict_video(
@@ -583,10 +641,45 @@ def _write_json(data: Any, path: str) -> None:
     os.replace(f.name, path)
 
 
+def explain_file_name(index: int, window: dict[str, Any], num_windows: int) -> str:
+    """`explain_<index>_<start>-<end>s.png` of window `index` of prediction.json's
+    'windows' (from 0, zero-padded to 3 digits or as many as the count needs, so the
+    names sort in time order), its span in seconds to 0.1 s: explain_003_12.0-14.0s.png."""
+    digits = max(3, len(str(num_windows - 1)))
+    return f'explain_{index:0{digits}d}_{window["start_s"]:.1f}-{window["end_s"]:.1f}s.png'
+
+
+def write_explanations(prediction: Prediction, directory: str) -> dict[str, str]:
+    """One `explain.plot_clip` picture per window (`explain_file_name`): its sampled
+    frames at the model's input size, their feature-map and Grad-CAM overlays, and the
+    temporal importance (occlusion; T-Former attention rollout) under them. Returns the
+    paths by file stem."""
+    if prediction.explanations is None:
+        raise PredictError('this prediction has no explanations: use Predictor(explain=True)')
+    result = prediction.result
+    windows = result['windows']
+    video = os.path.basename(result['video'])
+    paths = {}
+    for i, (window, picture) in enumerate(zip(windows, prediction.explanations, strict=True)):
+        name = explain_file_name(i, window, len(windows))
+        size = picture.grad_cam.shape[-1]
+        frames = resize_crops(prediction.crops[prediction.window_crops[i]], size) / 255.0
+        indices = ', '.join(str(f) for f in window['frame_indices'])
+        heading = (
+            f'{video}: window {i}, {window["start_s"]:.2f}-{window["end_s"]:.2f} s '
+            f'(frames {indices})'
+        )
+        path = os.path.join(directory, name)
+        explaining.plot_clip(frames, [picture], path, heading)
+        paths[os.path.splitext(name)[0]] = path
+    return paths
+
+
 def write_prediction(
     prediction: Prediction, directory: str, *, annotate: bool = False
 ) -> dict[str, str]:
-    """Writes prediction.json, timeline.png, faces.png (and annotated.mp4) into
+    """Writes prediction.json, timeline.png, faces.png (and annotated.mp4; and with the
+    explanations of Predictor(explain=True), `write_explanations`' pictures) into
     `directory`; returns their paths by name."""
     os.makedirs(directory, exist_ok=True)
     paths = {
@@ -600,6 +693,8 @@ def write_prediction(
     if annotate:
         paths['annotated'] = os.path.join(directory, ANNOTATED_FILE)
         write_annotated(prediction.result, prediction.result['video'], paths['annotated'])
+    if prediction.explanations is not None:
+        paths.update(write_explanations(prediction, directory))
     return paths
 
 
@@ -863,6 +958,8 @@ def main(argv: list[str]) -> None:
             f'--detect_every={FLAGS.detect_every} (expected >= 1), --max_side={FLAGS.max_side} '
             '(expected >= 12)'
         )
+    if FLAGS.explain_stage and not FLAGS.explain:
+        raise PredictError(f'--explain_stage={FLAGS.explain_stage}: set --explain too')
     list_inputs(FLAGS.input)  # a missing input fails before the model is loaded
     model, settings = load(FLAGS.model, FLAGS.checkpoint)
     options = faces.FaceOptions(detect_every=FLAGS.detect_every, max_side=FLAGS.max_side)
@@ -873,6 +970,8 @@ def main(argv: list[str]) -> None:
         stride_s=FLAGS.stride_s,
         batch_size=FLAGS.batch_size,
         face_options=options,
+        explain=FLAGS.explain,
+        explain_stage=FLAGS.explain_stage,
     )
     print(f'warm-up (detector, model compilation): {predictor.warm_up():.1f} s')
     predict_paths(predictor, FLAGS.input, FLAGS.output, annotate=FLAGS.annotate)
@@ -886,6 +985,18 @@ def _define_flags() -> None:
     flags.DEFINE_float('window_s', DEFAULT_WINDOW_S, 'Window length in seconds.')
     flags.DEFINE_float('stride_s', DEFAULT_STRIDE_S, 'Seconds between window starts.')
     flags.DEFINE_bool('annotate', False, 'Also write annotated.mp4 (box and label drawn).')
+    flags.DEFINE_bool(
+        'explain',
+        False,
+        'Also write explain_<window>_<start>-<end>s.png per window: frames, feature-map and '
+        'Grad-CAM overlays, temporal importance (as the explain command draws them).',
+    )
+    flags.DEFINE_string(
+        'explain_stage',
+        '',
+        f'Map --explain explains: {", ".join(explaining.STAGES)}; default sformer (conv5 '
+        'without one).',
+    )
     flags.DEFINE_integer('batch_size', DEFAULT_BATCH_SIZE, 'Windows per model call.')
     flags.DEFINE_integer(
         'detect_every', DEFAULT_DETECT_EVERY, 'Run the detector every k-th frame (1 = all).'

@@ -267,6 +267,21 @@ def test_plot_clip_and_tsne_write_pictures(tmp_path):
         assert (tmp_path / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
+def test_clip_picture_takes_one_clip_of_an_explanation():
+    out = {
+        'feature_heatmap': random_video((2, 3, SIZE, SIZE)),
+        'grad_cam': random_video((2, 3, SIZE, SIZE), seed=1),
+        'occlusion': random_video((2, 3)),
+    }
+    picture = explain.clip_picture(out, 1, 'title')
+    np.testing.assert_array_equal(picture.grad_cam, out['grad_cam'][1])
+    np.testing.assert_array_equal(picture.feature_heatmap, out['feature_heatmap'][1])
+    np.testing.assert_array_equal(picture.occlusion, out['occlusion'][1])
+    assert picture.frame_importance is None  # a GRU / LSTM model: no attention
+    out['frame_importance'] = np.full((2, 3), 1 / 3)
+    np.testing.assert_array_equal(explain.clip_picture(out, 0, 't').frame_importance, 1 / 3)
+
+
 def test_command_line_covers_the_split_once(tiny_run, tmp_path):
     from former_dfer_jax.data.pipeline import split_indices
     from former_dfer_jax.data.prepare import prepare

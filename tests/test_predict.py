@@ -265,6 +265,44 @@ def test_the_files_of_a_video(predictor, tmp_path):
     assert (edge[:, 1] - edge[:, 0] > 80).mean() > 0.5
 
 
+def test_explain_draws_one_picture_per_window_and_leaves_the_json_as_it_is(
+    model, predictor, tmp_path
+):
+    path = _video(tmp_path, 'face.mp4', [(10 + 2 * t, 12) for t in range(25)])  # 2 windows
+    explaining = predict.Predictor(
+        *model, face_options=FACE_OPTIONS, detector=SquareDetector(), explain=True
+    )
+    assert explaining.explain_stage == 'sformer'  # explain's default: the tiny model has one
+    explained = explaining.predict(path)
+    paths = predict.write_prediction(explained, str(tmp_path / 'explained'))
+    plain = predict.write_prediction(predictor.predict(path), str(tmp_path / 'plain'))
+    # The probabilities come from the same forward program on the same clips either way.
+    with open(paths['prediction'], 'rb') as a, open(plain['prediction'], 'rb') as b:
+        assert a.read() == b.read()
+    names = ['explain_000_0.0-2.0s.png', 'explain_001_0.5-2.5s.png']  # [0, 2), [0.5, 2.5)
+    assert sorted(f for f in os.listdir(tmp_path / 'explained') if 'explain' in f) == names
+    assert not any('explain' in f for f in os.listdir(tmp_path / 'plain'))
+    for name in names:
+        assert paths[name[: -len('.png')]] == str(tmp_path / 'explained' / name)
+        with Image.open(tmp_path / 'explained' / name) as image:
+            assert image.format == 'PNG' and min(image.size) > 100
+    # What each picture draws: the window's 4 frames at the model's 32 x 32, both maps in
+    # [0, 1], and the T-Former's attention over the frames.
+    for picture in explained.explanations:
+        assert picture.grad_cam.shape == picture.feature_heatmap.shape == (4, 32, 32)
+        assert picture.grad_cam.min() >= 0 and picture.grad_cam.max() <= 1
+        assert picture.occlusion.shape == (4,)
+        assert picture.frame_importance.sum() == pytest.approx(1, abs=1e-5)
+    with pytest.raises(predict.PredictError, match='no explanations'):
+        predict.write_explanations(predictor.predict(path), str(tmp_path / 'plain'))
+
+
+def test_explain_file_names_sort_in_time_order():
+    window = {'start_s': 12.0, 'end_s': 14.04}
+    assert predict.explain_file_name(3, window, 10) == 'explain_003_12.0-14.0s.png'
+    assert predict.explain_file_name(3, window, 1001) == 'explain_0003_12.0-14.0s.png'
+
+
 def test_a_batch_goes_on_past_bad_videos_and_lists_them(predictor, tmp_path, capsys):
     folder = tmp_path / 'in'
     folder.mkdir()
@@ -326,7 +364,11 @@ def test_the_command_predicts_a_folder_of_videos(tiny_run, tmp_path):
     videos.write_garbage(folder / 'broken.mp4')
     out = tmp_path / 'out'
     done = _run_cli(
-        f'--model={workdir}', f'--input={folder}', f'--output={out}', '--detect_every=2'
+        f'--model={workdir}',
+        f'--input={folder}',
+        f'--output={out}',
+        '--detect_every=2',
+        '--explain',
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert 'Traceback' not in done.stderr
@@ -337,6 +379,9 @@ def test_the_command_predicts_a_folder_of_videos(tiny_run, tmp_path):
         assert videos.box_iou(frame['face']['box'], box) > 0.7
     assert 'broken.mp4' in done.stderr and '1 of 2 videos predicted' in done.stdout
     assert (out / 'astronaut' / 'timeline.png').exists()
+    # 1 s of video: one window, one explain picture.
+    explained = sorted(f for f in os.listdir(out / 'astronaut') if 'explain' in f)
+    assert explained == ['explain_000_0.0-1.0s.png']
 
     # A single input that fails: one error line, status 1 (the missing file fails fast;
     # every other per-video error takes the same path, see the tests above).
