@@ -5,6 +5,8 @@
     python -m former_dfer_jax.benchmark --what=eval --config=configs/dfew.py --batch_size=32,64
     python -m former_dfer_jax.benchmark --what=input --config=configs/dfew.py \
         --config.data.root=/data/DFEW
+    python -m former_dfer_jax.benchmark --what=predict --config=configs/dfew.py \
+        [--detect_every=5 --max_side=320]
 
 `train` and `eval` time the jitted `steps.train_step` / `steps.eval_step` (as training
 runs them: the train state donated) on random clips of the config's shapes, so they need
@@ -13,7 +15,10 @@ time (median, min, max, 10th / 90th percentiles), compile time, clips per CPU-se
 (comparable when other jobs share the machine), peak memory (host RSS on CPU, the device's
 peak bytes in use on GPUs), XLA's FLOP count of the step and the GFLOP/s it achieves, and
 the model FLOP utilisation where the device's peak is known. `input` wraps
-`former_dfer_jax.data.benchmark.benchmark_input` (it needs the dataset).
+`former_dfer_jax.data.benchmark.benchmark_input` (it needs the dataset). `predict` wraps
+`former_dfer_jax.predict.benchmark_predict`: end-to-end frames/s of each stage on a
+generated 640 x 360, 30 fps video of a real face, and the box IoU of the chosen detection
+setting against detecting every frame at full size (it imports TensorFlow for MTCNN).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from former_dfer_jax import cli, config_checks, steps
 from former_dfer_jax.flops import compiled_flops
 from former_dfer_jax.models import build_model
 
-WHATS = ('train', 'eval', 'input')
+WHATS = ('train', 'eval', 'input', 'predict')
 
 # Dense peak TFLOP/s by device kind (prefix match): (bfloat16 tensor core, float32 non-tensor).
 # Float32 matmuls on these GPUs may run as TF32 under JAX's default precision, so a float32
@@ -246,11 +251,21 @@ def run(
     batch_sizes: Sequence[int | None],
     steps_timed: int,
     warmup: int,
+    predict_options: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """One result per batch size, each printed as a JSON line as soon as it is measured."""
+    """One result per batch size, each printed as a JSON line as soon as it is measured
+    (`predict`: one result; `predict_options` are `benchmark_predict` keywords, 0 = its
+    default)."""
     if what not in WHATS:
         raise ValueError(f'what={what!r}: expected one of {WHATS}')
     results = []
+    if what == 'predict':
+        from former_dfer_jax import predict  # TensorFlow (MTCNN): only for this mode
+
+        overrides = {k: v for k, v in (predict_options or {}).items() if v}
+        result = predict.benchmark_predict(config, **overrides)
+        print(json.dumps(result), flush=True)
+        return [result]
     for batch_size in batch_sizes:
         if what == 'input':
             result = benchmark_input(
@@ -271,7 +286,15 @@ def main(argv: list[str]) -> None:
     FLAGS = flags.FLAGS
     config_checks.validate(FLAGS.config)
     cli.setup()
-    run(FLAGS.config, FLAGS.what, parse_batch_sizes(FLAGS.batch_size), FLAGS.steps, FLAGS.warmup)
+    predict_options = {'detect_every': FLAGS.detect_every, 'max_side': FLAGS.max_side}
+    run(
+        FLAGS.config,
+        FLAGS.what,
+        parse_batch_sizes(FLAGS.batch_size),
+        FLAGS.steps,
+        FLAGS.warmup,
+        predict_options,
+    )
 
 
 def _define_flags() -> None:
@@ -282,6 +305,8 @@ def _define_flags() -> None:
     )
     flags.DEFINE_integer('steps', 10, 'Timed steps (input: timed batches).')
     flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
+    flags.DEFINE_integer('detect_every', 0, 'predict: detect every k-th frame (0: the default).')
+    flags.DEFINE_integer('max_side', 0, 'predict: detect on copies at most this wide (0: default).')
 
 
 if __name__ == '__main__':

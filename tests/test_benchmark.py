@@ -83,3 +83,20 @@ def test_parse_batch_sizes():
     assert benchmark.parse_batch_sizes(None) == [None]
     with pytest.raises(ValueError):
         benchmark.parse_batch_sizes(['0'])
+
+
+def test_predict_mode_forwards_the_detection_setting_and_prints_one_line(monkeypatch, capsys):
+    from former_dfer_jax import predict
+
+    calls = []
+
+    def fake_benchmark_predict(config, **options):
+        calls.append(options)
+        return {'what': 'predict', 'frames_per_s': {'end_to_end': 1.0}}
+
+    monkeypatch.setattr(predict, 'benchmark_predict', fake_benchmark_predict)
+    results = benchmark.run(
+        tiny_config(), 'predict', [None], 0, 0, {'detect_every': 3, 'max_side': 0}
+    )
+    assert calls == [{'detect_every': 3}]  # 0 = benchmark_predict's own default
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == results

@@ -390,3 +390,12 @@ def test_the_command_predicts_a_folder_of_videos(tiny_run, tmp_path):
     assert single.returncode == 1
     assert single.stderr.strip().splitlines()[-1] == f'error: {missing}: no such file or folder'
     assert 'Traceback' not in single.stderr
+
+
+def test_the_benchmark_times_every_stage_of_a_generated_video():
+    from tests.tiny import tiny_config
+
+    result = predict.benchmark_predict(tiny_config(), seconds=1.0, compare_every_frame=False)
+    assert result['face_frames'] == 30  # the generated face is found in every frame
+    assert set(result['frames_per_s']) == {'decode', 'detect', 'align', 'model', 'end_to_end'}
+    assert all(rate > 0 for rate in result['frames_per_s'].values())
