@@ -157,3 +157,18 @@ def test_an_entry_point_runs_in_process_and_leaves_the_flags_as_they_were(capsys
         'error: data.fold=9: synthetic has folds 1, 2, 3, 4, 5\n'
     )
     assert set(flags.FLAGS) == before
+
+
+def test_library_chatter_is_hidden_and_real_warnings_kept():
+    import logging
+
+    keep = cli._LibraryInfoFilter().filter
+
+    def record(level, path, message):
+        return logging.LogRecord('absl', level, path, 1, message, None, None)
+
+    assert not keep(record(logging.INFO, '/site-packages/orbax/checkpoint/x.py', 'saved'))
+    assert keep(record(logging.INFO, '/former_dfer_jax/train.py', 'epoch 1'))
+    assert keep(record(logging.WARNING, '/site-packages/orbax/checkpoint/x.py', 'disk full'))
+    read_only = 'Given directory is read only=/runs/x/checkpoints/best'
+    assert not keep(record(logging.WARNING, '/site-packages/orbax/checkpoint/x.py', read_only))
