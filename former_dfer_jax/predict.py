@@ -346,9 +346,7 @@ class Predictor:
             detect_every=DEFAULT_DETECT_EVERY, max_side=DEFAULT_MAX_SIDE
         )
         # One detector for every video (MTCNN is built once, on first use).
-        self.detector = detector or detect.MtcnnDetector(
-            max_side=self.face_options.max_side, min_face_size=self.face_options.min_face_size
-        )
+        self.detector = detector or self.face_options.detector()
         self.explain_stage = None
         if explain:
             self.explain_stage = explain_stage or explaining.default_stage(spec)

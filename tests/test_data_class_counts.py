@@ -4,20 +4,7 @@ through prepare, info and the batches."""
 from configs import default, mafw
 from former_dfer_jax import data
 from former_dfer_jax.data import prepare, sources
-
-MAFW_ORDER = [
-    'anger',
-    'disgust',
-    'fear',
-    'happiness',
-    'neutral',
-    'sadness',
-    'surprise',
-    'contempt',
-    'anxiety',
-    'helplessness',
-    'disappointment',
-]
+from tests.test_data_sources import MAFW_NAMES
 
 
 def _small(config, tmp_path):
@@ -32,7 +19,7 @@ def test_mafw_prepares_eleven_classes(tmp_path, raw_data):
     root = tmp_path / 'MAFW'
     split_dir = root / 'Train & Test Set' / 'single' / 'no_caption' / 'set_1'
     split_dir.mkdir(parents=True)
-    rows = [(k, MAFW_ORDER[k % 11]) for k in range(1, 23)]
+    rows = [(k, MAFW_NAMES[k % 11]) for k in range(1, 23)]
     for split, members in (('train', rows[:11]), ('test', rows[11:])):
         (split_dir / f'{split}.txt').write_text(''.join(f'{k:05d}.mp4 {n}\n' for k, n in members))
     for k, _ in rows:

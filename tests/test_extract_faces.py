@@ -5,6 +5,7 @@ tests use the magenta-square stand-in detector of test_predict; the end-to-end t
 the command with MTCNN on real faces, trains one tiny epoch on its output and evaluates.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,10 +17,11 @@ from PIL import Image
 
 from former_dfer_jax.data import extract_faces as ef
 from former_dfer_jax.data import sources
+from former_dfer_jax.video.faces import FaceOptions
 from tests import videos
 from tests.test_predict import SquareDetector, square_frames
 
-SETTINGS = ef.ExtractSettings(crop_size=32, min_frames=3)
+SETTINGS = ef.ExtractSettings(min_frames=3, face_options=FaceOptions(crop_size=32))
 
 
 def square_video(path, num_frames=6, face=True):
@@ -202,9 +204,7 @@ def test_workers_give_the_same_clips(tmp_path):
         square_video(inputs / f'{name}.mp4', 4)
     videos.write_garbage(inputs / 'broken.mp4')
     one = extract(inputs, tmp_path / 'one')
-    two = extract(
-        inputs, tmp_path / 'two', ef.ExtractSettings(crop_size=32, min_frames=3, workers=2)
-    )
+    two = extract(inputs, tmp_path / 'two', dataclasses.replace(SETTINGS, workers=2))
     assert [e['clip'] for e in two['extracted']] == ['a', 'b', 'c']
     assert [f['video'] for f in two['failed']] == [f['video'] for f in one['failed']]
     for clip in ('a', 'b', 'c'):

@@ -46,6 +46,8 @@ from absl import app, flags
 
 from former_dfer_jax import cli
 from former_dfer_jax.errors import UserError
+from former_dfer_jax.video import decode, faces
+from former_dfer_jax.video.faces import FaceOptions
 
 REPORT_FILE = 'extract_faces.json'
 CLASSES_FILE = 'classes.txt'
@@ -79,7 +81,6 @@ def sanitise(name: str) -> str:
 def find_inputs(input_dir: str, *, skip: Sequence[str] = ()) -> list[VideoInput]:
     """Every video file and frames folder under `input_dir` (recursively, sorted; a frames
     folder is not searched further; folders in `skip` neither), with unique clip names."""
-    from former_dfer_jax.video import decode
 
     if not os.path.isdir(input_dir):
         raise ExtractError(f'{input_dir}: not a folder (--input takes a folder of videos)')
@@ -275,7 +276,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(
-    options: Any, detector_factory: Callable[[], Any] | None, threads: int | None
+    options: FaceOptions, detector_factory: Callable[[], Any] | None, threads: int | None
 ) -> None:
     """Per process: limit TensorFlow's threads for MTCNN (the processes share the
     cores), then build its detector once."""
@@ -288,11 +289,7 @@ def _init_worker(
         except RuntimeError:  # TF already initialised in this process
             pass
     if detector_factory is None:
-        from former_dfer_jax.video import detect
-
-        _WORKER['detector'] = detect.MtcnnDetector(
-            max_side=options.max_side, min_face_size=options.min_face_size
-        )
+        _WORKER['detector'] = options.detector()
     else:
         _WORKER['detector'] = detector_factory()
     _WORKER['options'] = options
@@ -305,8 +302,6 @@ def count_frames(directory: str) -> int:
 def extract_one(item: VideoInput, root: str, min_frames: int, quality: int) -> dict[str, Any]:
     """Extracts one video into ROOT/<clip>/ (in the worker's process); a record for the
     report: status 'extracted' | 'existing' | 'failed', with the reason where failed."""
-    from former_dfer_jax.video import faces
-
     record: dict[str, Any] = {'video': item.path, 'clip': item.clip}
     final = os.path.join(root, *item.clip.split('/'))
     if os.path.isdir(final):
@@ -355,10 +350,7 @@ class ExtractSettings:
     workers: int = 1
     min_frames: int = DEFAULT_MIN_FRAMES
     quality: int = JPEG_QUALITY
-    crop_size: int = 256
-    detect_every: int = 1
-    max_side: int = 640
-    min_face_size: int = 40
+    face_options: FaceOptions = dataclasses.field(default_factory=FaceOptions)
     test_fraction: float = 0.2
     seed: int = 0
     classes: tuple[str, ...] = ()
@@ -378,26 +370,16 @@ def extract(
     the end. `detector_factory` (picklable where workers > 1) replaces MTCNN."""
     from tqdm import tqdm
 
-    from former_dfer_jax.video import faces
-
     if settings.workers < 1:
         raise ExtractError(f'--workers={settings.workers}: expected >= 1')
     if not 0 <= settings.test_fraction < 1:
         raise ExtractError(f'--test_fraction={settings.test_fraction}: expected in [0, 1)')
-    if settings.max_side < 12 or settings.min_face_size < 12 or settings.min_frames < 1:
+    options = settings.face_options
+    if options.max_side < 12 or options.min_face_size < 12 or settings.min_frames < 1:
         raise ExtractError(
-            f'--max_side={settings.max_side} (expected >= 12), --min_frames='
+            f'--max_side={options.max_side} (expected >= 12), --min_frames='
             f'{settings.min_frames} (expected >= 1)'
         )
-    try:
-        options = faces.FaceOptions(
-            crop_size=settings.crop_size,
-            detect_every=settings.detect_every,
-            max_side=settings.max_side,
-            min_face_size=settings.min_face_size,
-        )
-    except ValueError as e:
-        raise ExtractError(str(e)) from e
     inputs = find_inputs(input_dir, skip=[root])
     if not inputs:
         raise ExtractError(f'{input_dir}: no videos or frame folders found (searched recursively)')
@@ -541,12 +523,16 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    try:
+        face_options = FaceOptions(
+            crop_size=FLAGS.crop_size, detect_every=FLAGS.detect_every, max_side=FLAGS.max_side
+        )
+    except ValueError as e:
+        raise ExtractError(str(e)) from e
     settings = ExtractSettings(
         workers=FLAGS.workers,
         min_frames=FLAGS.min_frames,
-        crop_size=FLAGS.crop_size,
-        detect_every=FLAGS.detect_every,
-        max_side=FLAGS.max_side,
+        face_options=face_options,
         test_fraction=FLAGS.test_fraction,
         seed=FLAGS.seed,
         classes=tuple(c for c in FLAGS.classes or () if c.strip()),

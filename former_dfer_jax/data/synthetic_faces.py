@@ -663,6 +663,11 @@ def _occluder_shapes(nuis: Nuisance, frame: int) -> _Shapes:
     return s
 
 
+def _pose(nuis: Nuisance, frame: int) -> dict[str, float]:
+    """The head pose of `frame`, as the shape drawing takes it."""
+    return {k: getattr(nuis, k)[frame] for k in ('tx', 'ty', 'roll', 'yaw', 'scale')}
+
+
 def render_clip(clip: Clip, image_size: int) -> Iterator[np.ndarray]:
     """Yields the clip's frames as uint8 arrays of shape (image_size, image_size, 3)."""
     idt, nuis = clip.identity, clip.nuisance
@@ -678,13 +683,7 @@ def render_clip(clip: Clip, image_size: int) -> Iterator[np.ndarray]:
     color_gain = np.asarray(nuis.color_gain, np.float32)
     back, front = _static_shapes(idt)
     for i in range(len(clip.expression)):
-        pose = {
-            'tx': nuis.tx[i],
-            'ty': nuis.ty[i],
-            'roll': nuis.roll[i],
-            'yaw': nuis.yaw[i],
-            'scale': nuis.scale[i],
-        }
+        pose = _pose(nuis, i)
         img = bg.copy()
         shapes = _Shapes(back, _face_shapes(idt, clip.expression[i], nuis.blink[i]), front)
         if nuis.occluded[i]:
@@ -719,13 +718,7 @@ def render_masks(
     ss = _supersample(image_size)
     w = image_size * ss
     for i in range(len(clip.expression)) if frames is None else frames:
-        pose = {
-            'tx': nuis.tx[i],
-            'ty': nuis.ty[i],
-            'roll': nuis.roll[i],
-            'yaw': nuis.yaw[i],
-            'scale': nuis.scale[i],
-        }
+        pose = _pose(nuis, i)
         face = _face_shapes(idt, clip.expression[i], nuis.blink[i])
         outline, features = _Shapes(), _Shapes()
         outline.items, features.items = face.items[:1], face.items[1:]

@@ -52,6 +52,10 @@ class FaceOptions:
     rejoin_s: float = track.REJOIN_S
     fps_for_frames_dir: float = decode.DEFAULT_FPS
 
+    def detector(self) -> FaceDetector:
+        """MTCNN set up for these options (built on first use)."""
+        return detect.MtcnnDetector(max_side=self.max_side, min_face_size=self.min_face_size)
+
     def __post_init__(self):
         if self.crop_size < 8 or self.detect_every < 1 or self.smooth < 1 or not self.rejoin_s >= 0:
             raise ValueError(
@@ -114,9 +118,7 @@ def extract_face_video(
     timings = {'decode': 0.0, 'detect': 0.0, 'track': 0.0, 'align': 0.0}
     info = decode.probe(path, fps_for_frames_dir=options.fps_for_frames_dir)
     if detector is None:
-        detector = detect.MtcnnDetector(
-            max_side=options.max_side, min_face_size=options.min_face_size
-        )
+        detector = options.detector()
 
     # Pass 1: decode and detect; only the detections and timestamps are kept.
     detections: list[list[Face] | None] = []
