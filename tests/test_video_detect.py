@@ -43,7 +43,10 @@ def test_full_size_detection_matches_mtcnns_own_output(astronaut):
     np.testing.assert_allclose(face.box, (x, y, x + w, y + h), atol=1.0)
     for name, point in zip(detect.LANDMARK_NAMES, face.landmarks, strict=True):
         np.testing.assert_allclose(point, row['keypoints'][name], atol=0.5)
-    np.testing.assert_allclose(face.box, videos.ASTRONAUT_BOX, atol=0.01)
+    # The box recorded on this project's AMD machine. Another CPU's TensorFlow kernels may
+    # round the networks' sums differently; half a pixel of an 83 px box still pins it
+    # (a wrong box is off by pixels) without depending on one CPU's rounding.
+    np.testing.assert_allclose(face.box, videos.ASTRONAUT_BOX, atol=0.5)
 
 
 def test_large_frame_is_detected_on_a_downscaled_copy(detector, monkeypatch):
