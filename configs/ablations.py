@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import default
+from former_dfer_jax import default_config
 from former_dfer_jax.ablations import PAPER_DEPTHS, VARIANTS, apply_variant, table_variants
 
 __all__ = ['PAPER_DEPTHS', 'VARIANTS', 'apply_variant', 'get_config', 'table_variants']
@@ -21,7 +21,7 @@ __all__ = ['PAPER_DEPTHS', 'VARIANTS', 'apply_variant', 'get_config', 'table_var
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     """The reference recipe with `variant` applied (`--config=configs/ablations.py:NAME`)."""
     if not variant:
-        apply_variant(default.get_config(), '')  # raises, listing the valid names
-    config = default.get_config()
+        apply_variant(default_config.get_config(), '')  # raises, listing the valid names
+    config = default_config.get_config()
     apply_variant(config, variant)
     return config

@@ -6,11 +6,11 @@
 
 import ml_collections
 
-from configs import default
+from former_dfer_jax import default_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = default.get_config()
+    config = default_config.get_config()
     config.data.name = 'afew'
     config.data.fold = 0  # AFEW has one split: train / validation
     config.num_epochs = 20

@@ -6,8 +6,8 @@
 
 import ml_collections
 
-from configs import default
+from former_dfer_jax import default_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    return default.get_config()
+    return default_config.get_config()

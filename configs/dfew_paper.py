@@ -2,10 +2,10 @@
 
 import ml_collections
 
-from configs import default
+from former_dfer_jax import default_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = default.get_config()
+    config = default_config.get_config()
     config.model.spatial.depth = 3
     return config

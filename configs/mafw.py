@@ -12,11 +12,11 @@ faces cropped beforehand instead (`python -m former_dfer_jax.data.extract_faces
 
 import ml_collections
 
-from configs import default
+from former_dfer_jax import default_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = default.get_config()
+    config = default_config.get_config()
     config.data.name = 'mafw'
     config.data.fold = 1  # MAFW's single-label split has 5 folds, 1..5
     config.data.face_crop = 'detect'

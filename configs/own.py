@@ -7,16 +7,16 @@
 
 N is the number of lines of /data/mine/classes.txt (extract_faces prints the command with
 it filled in; a wrong N is refused with the right one named). The reference recipe
-(configs/default.py) trains; add `--config.init_from=RUN` to fine-tune a DFEW model.
+(former_dfer_jax/default_config.py) trains; add `--config.init_from=RUN` to fine-tune a DFEW model.
 """
 
 import ml_collections
 
-from configs import default
+from former_dfer_jax import default_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = default.get_config()
+    config = default_config.get_config()
     config.data.name = 'own'
     config.data.fold = 0  # the one split of train.txt / test.txt
     return config

@@ -13,11 +13,11 @@ or to write them elsewhere:
 
 import ml_collections
 
-from configs import default
+from former_dfer_jax import default_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = default.get_config()
+    config = default_config.get_config()
     data = config.data
     data.name = 'synthetic'
     data.root = ''  # '' = generate into the cache dir (from data.synthetic below)

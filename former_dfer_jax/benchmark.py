@@ -1,6 +1,6 @@
 """Throughput of the train step, the eval step or the input pipeline, one JSON line each.
 
-    python -m former_dfer_jax.benchmark --what=train --config=configs/default.py \
+    python -m former_dfer_jax.benchmark --what=train --config=configs/dfew.py \
         --config.data.image_size=48 --batch_size=8 --steps=10 --warmup=2
     python -m former_dfer_jax.benchmark --what=eval --config=configs/dfew.py --batch_size=32,64
     python -m former_dfer_jax.benchmark --what=input --config=configs/dfew.py \
@@ -40,9 +40,10 @@ import optax
 from absl import app, flags
 from flax import nnx
 
-from former_dfer_jax import cli, config_checks, steps
+from former_dfer_jax import cli, config_checks
 from former_dfer_jax.flops import compiled_flops
 from former_dfer_jax.models import build_model
+from former_dfer_jax.training import steps
 
 WHATS = ('train', 'eval', 'input', 'predict')
 

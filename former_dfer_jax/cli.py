@@ -29,8 +29,9 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from former_dfer_jax import distributed, xla_flags
+from former_dfer_jax import xla_flags
 from former_dfer_jax.errors import UserError
+from former_dfer_jax.training import distributed
 
 Main = Callable[[list[str]], None]
 
@@ -105,10 +106,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     except (KeyError, AttributeError) as e:  # what ml_collections raises for such overrides
         _fail(_misspelt_override(e, argv))
     except ImportError as e:  # raised by the config file
-        hint = ''
-        if e.name == 'configs':
-            hint = ' (config files import the configs package: run from the repository root)'
-        _fail(f'{_config_file_arg(argv)}: {e}{hint}')
+        _fail(f'{_config_file_arg(argv)}: {e}')
     config = flags.FLAGS['config'].value if 'config' in flags.FLAGS else None
     if config is not None and not isinstance(config, ml_collections.ConfigDict):
         try:  # a file that failed to load: its error comes on first access

@@ -13,11 +13,11 @@ from typing import Any
 
 import ml_collections
 
-from former_dfer_jax import steps
 from former_dfer_jax.data import sources
 from former_dfer_jax.data.sources import DATASETS, FACE_CROPS
 from former_dfer_jax.errors import UserError
 from former_dfer_jax.models import ModelSpec
+from former_dfer_jax.training import steps
 
 # data.fold per dataset, as the sources define them: DFEW (and the synthetic set in its
 # layout) and MAFW have folds 1..5; AFEW, FERV39k and a user's own clips have one split,

@@ -499,7 +499,7 @@ def convert_and_save(
 ) -> FormerDFER:
     """Converts the reference checkpoint and writes it as a run directory at `output`
     (config.json + checkpoint), which `inference.load_model(output)` restores."""
-    from former_dfer_jax import checkpointing
+    from former_dfer_jax.training import checkpointing
 
     checkpoint = load_torch_file(checkpoint_path)
     model = _convert(checkpoint, config.model)

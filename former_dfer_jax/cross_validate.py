@@ -10,7 +10,6 @@ and can be rebuilt alone with `--summarize_only`.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
@@ -19,9 +18,10 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image
 
-from former_dfer_jax import cli, config_checks, metrics, train
+from former_dfer_jax import cli, config_checks, files
 from former_dfer_jax.errors import UserError
-from former_dfer_jax.results import RunResults
+from former_dfer_jax.training import metrics, train
+from former_dfer_jax.training.results import RunResults
 
 
 class CrossValidationError(UserError, ValueError):
@@ -89,8 +89,7 @@ def summarize(workdir: str, folds: Sequence[int]) -> dict:
 
 def write_summary(workdir: str, summary: dict) -> None:
     """summary.json, summary.md (Table 4 layout) and one confusion-matrix picture each."""
-    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-        json.dump(summary, f, indent=2)
+    files.write_json(os.path.join(workdir, 'summary.json'), summary)
     class_names = summary['class_names']
     parts = [
         f'# Cross-validation summary ({len(summary["folds"])} folds)',
@@ -114,9 +113,9 @@ def write_summary(workdir: str, summary: dict) -> None:
         image = metrics.confusion_matrix_image(
             np.array(block['pooled']['confusion_matrix']), class_names
         )
-        Image.fromarray(image).save(os.path.join(workdir, f'confusion_matrix_{which}.png'))
-    with open(os.path.join(workdir, 'summary.md'), 'w') as f:
-        f.write('\n'.join(parts))
+        with files.atomic_path(os.path.join(workdir, f'confusion_matrix_{which}.png')) as tmp:
+            Image.fromarray(image).save(tmp)
+    files.write_text(os.path.join(workdir, 'summary.md'), '\n'.join(parts))
 
 
 FLAGS = flags.FLAGS

@@ -636,9 +636,9 @@ class _Run:
 
 
 def _load_run(path: str, which: str, stage: str) -> _Run:
-    from former_dfer_jax import checkpointing
+    from former_dfer_jax.training import checkpointing
 
-    model, stored = checkpointing.load_model(path, which)
+    model, stored = checkpointing.restore_model(path, which)
     model.eval()
     stage = stage or default_stage(model.spec)
     check_stage(model.spec, stage)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import jax
 from absl import app, flags
 
-from former_dfer_jax import cli, metrics, train
-from former_dfer_jax.results import RunResults, results_path
+from former_dfer_jax import cli
+from former_dfer_jax.training import metrics, train
+from former_dfer_jax.training.results import RunResults, results_path
 
 
 def report(workdir: str) -> str:

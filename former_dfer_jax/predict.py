@@ -51,10 +51,11 @@ from absl import app, flags, logging
 from flax import nnx
 from PIL import Image, ImageDraw, ImageFont
 
-from former_dfer_jax import checkpointing, cli
+from former_dfer_jax import cli
 from former_dfer_jax import explain as explaining
 from former_dfer_jax.data import sampling, sources
 from former_dfer_jax.errors import UserError
+from former_dfer_jax.training import checkpointing
 from former_dfer_jax.video import decode, detect, faces, track
 
 # DFEW's clips are 11..847 frames, median 70 (10% / 90%: 42 / 124), i.e. about 1.5-5 s and
@@ -149,7 +150,7 @@ def settings_of(run_dir: str, config: ml_collections.ConfigDict) -> ModelSetting
 def load(path: str, which: str = 'best') -> tuple[nnx.Module, ModelSettings]:
     """The model at `path` (a run directory, `which` = best | latest, or a checkpoint step
     directory) in eval mode, and its ModelSettings."""
-    model, stored = checkpointing.load_model(path, which)
+    model, stored = checkpointing.restore_model(path, which)
     model.eval()
     return model, settings_of(stored.run_dir, stored.config)
 
@@ -852,7 +853,7 @@ def benchmark_predict(
     compare_every_frame: bool = True,
 ) -> dict[str, Any]:
     """Times `Predictor.predict` end to end on a generated 640 x 360, 30 fps H.264 video
-    of `seconds` with the model of `config` (default: configs/default.py, the reference's
+    of `seconds` with the model of `config` (default: `default_config`, the reference's
     Former-DFER at 112 x 112, random weights); frames/s per stage.
 
     A first, untimed run on a 1 s clip compiles the model and builds MTCNN. Reported:
@@ -864,9 +865,9 @@ def benchmark_predict(
     from former_dfer_jax.models import build_model
 
     if config is None:
-        from configs import default
+        from former_dfer_jax import default_config
 
-        config = default.get_config()
+        config = default_config.get_config()
     model = build_model(config.model, rngs=nnx.Rngs(0))
     model.eval()
     settings = ModelSettings(

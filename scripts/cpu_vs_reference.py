@@ -50,11 +50,11 @@ def _ours_step(batch_size: int) -> Callable[[], None]:
     import jax
     from flax import nnx
 
-    from configs import default
-    from former_dfer_jax import benchmark, steps
+    from former_dfer_jax import benchmark, default_config
     from former_dfer_jax.models import build_model
+    from former_dfer_jax.training import steps
 
-    config = default.get_config()  # 16 x 112 x 112, float32
+    config = default_config.get_config()  # 16 x 112 x 112, float32
     schedule = steps.step_decay_schedule(config.optimizer, 100)
     tx = steps.make_optimizer(config.optimizer, schedule)
     state = steps.init_train_state(build_model(config.model, rngs=nnx.Rngs(config.seed)), tx)

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import ablations, default
+from configs import ablations
 from former_dfer_jax import ablations as variants
-from former_dfer_jax import steps
+from former_dfer_jax import default_config
 from former_dfer_jax.flops import _describe
 from former_dfer_jax.models import build_model
+from former_dfer_jax.training import steps
 from tests.tiny import random_clips, tiny_config
 
 
@@ -45,11 +46,11 @@ def test_each_variant_changes_exactly_its_model_keys(variant, changes):
     def flat(config):
         return _flatten(config.model.to_dict())
 
-    reference, config = flat(default.get_config()), ablations.get_config(variant)
+    reference, config = flat(default_config.get_config()), ablations.get_config(variant)
     got = flat(config)
     assert {k: v for k, v in got.items() if reference[k] != v} == changes
     # Nothing outside the model changes.
-    rest = default.get_config().to_dict()
+    rest = default_config.get_config().to_dict()
     rest.pop('model')
     mine = config.to_dict()
     mine.pop('model')

@@ -9,8 +9,7 @@ import sys
 
 import pytest
 
-from configs import default
-from former_dfer_jax import benchmark
+from former_dfer_jax import benchmark, default_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {
@@ -35,7 +34,7 @@ KEYS = (
 
 
 def tiny_config():
-    config = default.get_config()
+    config = default_config.get_config()
     for key, value in TINY.items():
         node = config
         *parents, leaf = key.split('.')
@@ -68,7 +67,7 @@ def test_run_prints_one_json_line_per_batch_size(what, batch_sizes, capsys):
 def test_cli():
     overrides = [f'--config.{key}={value}' for key, value in TINY.items()]
     command = [sys.executable, '-m', 'former_dfer_jax.benchmark', '--what=train']
-    command += ['--config=configs/default.py', *overrides, '--batch_size=2', '--steps=1']
+    command += ['--config=configs/dfew.py', *overrides, '--batch_size=2', '--steps=1']
     command += ['--warmup=0']
     out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True).stdout
     lines = [line for line in out.splitlines() if line.startswith('{')]

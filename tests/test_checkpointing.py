@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx, traverse_util
 
-from former_dfer_jax import checkpointing, steps
-from former_dfer_jax.checkpointing import CheckpointError, RunCheckpoints
 from former_dfer_jax.models import build_model
+from former_dfer_jax.training import checkpointing, steps
+from former_dfer_jax.training.checkpointing import CheckpointError, RunCheckpoints
 from tests.tiny import tiny_config
 
 KEEP_LATEST = 2  # tests/tiny.py: checkpoints/latest holds the last two steps
@@ -70,7 +70,7 @@ def _flat(tree) -> dict:
 
 
 def _assert_is_step(model_state, workdir: str, step: int) -> None:
-    model, _ = checkpointing.load_model(os.path.join(_latest_dir(workdir), str(step)))
+    model, _ = checkpointing.restore_model(os.path.join(_latest_dir(workdir), str(step)))
     expected = _flat(nnx.to_pure_dict(nnx.state(model)))
     actual = _flat(model_state)
     assert actual.keys() == expected.keys()
@@ -177,9 +177,9 @@ def test_the_best_checkpoint_holds_no_optimizer_state(tmp_path):
 # ---- Loading a stored model -------------------------------------------------------------
 
 
-def test_load_model_returns_the_stored_model_and_where_it_came_from(tiny_run):
+def test_restore_model_returns_the_stored_model_and_where_it_came_from(tiny_run):
     config, workdir, state = tiny_run
-    model, stored = checkpointing.load_model(workdir, 'latest', model_config=config.model)
+    model, stored = checkpointing.restore_model(workdir, 'latest', model_config=config.model)
     assert (stored.run_dir, stored.step) == (workdir, int(state.step))
     assert stored.directory == _latest_dir(workdir)
     assert stored.config.model.to_dict() == config.model.to_dict()
@@ -188,12 +188,12 @@ def test_load_model_returns_the_stored_model_and_where_it_came_from(tiny_run):
         np.testing.assert_array_equal(value, final[key], err_msg=str(key))
 
 
-def test_load_model_refuses_another_model_config_naming_the_run_and_keys(tiny_run):
+def test_restore_model_refuses_another_model_config_naming_the_run_and_keys(tiny_run):
     config, workdir, _ = tiny_run
     other = config.model.copy_and_resolve_references()
     other.temporal.depth = 2
     with pytest.raises(CheckpointError, match=r'model\.temporal\.depth: 1 .* vs 2') as caught:
-        checkpointing.load_model(workdir, model_config=other)
+        checkpointing.restore_model(workdir, model_config=other)
     assert workdir in str(caught.value)
 
 
@@ -210,7 +210,7 @@ def test_fine_tuning_for_a_new_class_count_keeps_the_trunk_and_the_fresh_classif
     _, workdir, _ = tiny_run
     model = _model_with_classes(5)
     fresh = _flat(nnx.to_pure_dict(nnx.state(model)))
-    source, _ = checkpointing.load_model(workdir, 'best')
+    source, _ = checkpointing.restore_model(workdir, 'best')
     trained = _flat(nnx.to_pure_dict(nnx.state(source)))
 
     stored = checkpointing.load_init_weights(model, workdir, reinit_classifier=True)
@@ -267,12 +267,12 @@ def test_flatten_dict_joins_nested_keys_with_dots_under_a_prefix():
 
 
 def test_a_run_written_before_a_config_key_existed_reads_with_that_keys_default(tmp_path):
-    from configs import default
+    from former_dfer_jax import default_config
 
-    stored = default.get_config()
+    stored = default_config.get_config()
     stored.data.root = '/data/DFEW'
     del stored.data['face_crop']  # a key added after this run was written
     checkpointing.write_config(str(tmp_path), stored)
     config = checkpointing.read_config(str(tmp_path))
-    assert config.data.face_crop == default.get_config().data.face_crop
+    assert config.data.face_crop == default_config.get_config().data.face_crop
     assert config.data.root == '/data/DFEW'  # stored values are kept

@@ -5,8 +5,7 @@ import re
 
 import pytest
 
-from configs import default
-from former_dfer_jax import config_checks
+from former_dfer_jax import config_checks, default_config
 from former_dfer_jax.config_checks import ConfigError
 from former_dfer_jax.data import sources
 from former_dfer_jax.errors import UserError
@@ -58,7 +57,7 @@ def _set(config, key: str, value) -> None:
     ],
 )
 def test_a_bad_value_is_refused_naming_its_key_value_and_what_is_allowed(key, value, allowed):
-    config = default.get_config()
+    config = default_config.get_config()
     _set(config, key, value)
     with pytest.raises(ConfigError) as error:
         config_checks.validate(config)
@@ -69,13 +68,13 @@ def test_a_bad_value_is_refused_naming_its_key_value_and_what_is_allowed(key, va
 
 def test_the_folds_follow_each_dataset():
     for name, fold in (('afew', 0), ('own', 0), ('ferv39k', 0), ('synthetic', 5), ('dfew', 1)):
-        config = default.get_config()
+        config = default_config.get_config()
         config.data.name, config.data.fold = name, fold
         config_checks.validate(config)
     config.data.name = 'afew'
     with pytest.raises(ConfigError, match=r'^data\.fold=1: afew has folds 0$'):
         config_checks.validate(config)
-    config = default.get_config()
+    config = default_config.get_config()
     config.data.name, config.data.fold, config.model.num_classes = 'mafw', 5, 11
     config_checks.validate(config)
     config.data.fold = 0
@@ -90,7 +89,7 @@ def test_the_fold_rules_are_those_of_the_annotation_lists():
 
 
 def test_the_classifier_must_have_the_datas_class_count():
-    config = default.get_config()
+    config = default_config.get_config()
     config.data.name = 'mafw'  # num_classes stays 7
     with pytest.raises(ConfigError) as error:
         config_checks.validate(config)
@@ -102,7 +101,7 @@ def test_the_classifier_must_have_the_datas_class_count():
 
 
 def test_own_clips_take_the_class_count_from_their_classes_txt(tmp_path):
-    config = default.get_config()
+    config = default_config.get_config()
     config.data.name, config.data.fold, config.data.root = 'own', 0, str(tmp_path)
     config_checks.validate(config)  # no classes.txt yet: preparing names the missing file
     (tmp_path / 'classes.txt').write_text('calm\nexcited\nnot sure\n')
@@ -125,7 +124,7 @@ def test_own_clips_take_the_class_count_from_their_classes_txt(tmp_path):
 
 
 def test_frames_root_is_only_read_for_mafw():
-    config = default.get_config()
+    config = default_config.get_config()
     config.data.frames_root = '/data/faces'
     with pytest.raises(
         ConfigError,
@@ -135,14 +134,14 @@ def test_frames_root_is_only_read_for_mafw():
 
 
 def test_an_unknown_model_key_is_refused():
-    config = default.get_config()
+    config = default_config.get_config()
     config.model.spatial.dept = 3
     with pytest.raises(ConfigError, match=re.escape("unknown model.spatial keys ['dept']")):
         config_checks.validate(config)
 
 
 def test_every_problem_is_listed_one_per_line_under_a_count():
-    config = default.get_config()
+    config = default_config.get_config()
     config.batch_size, config.optimizer.name = 0, 'adam'
     with pytest.raises(ConfigError) as error:
         config_checks.validate(config)

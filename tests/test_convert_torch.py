@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import default
-from former_dfer_jax import checkpointing, convert_torch, inference
+from former_dfer_jax import convert_torch, default_config, inference
 from former_dfer_jax.convert_torch import ConversionError
 from former_dfer_jax.models import build_model
+from former_dfer_jax.training import checkpointing
 
 # Only the PyTorch model built here as the oracle needs torch (requirements-dev.txt); the
 # converter itself reads zip-format files without it.
@@ -222,7 +222,7 @@ def save_like_reference(model: tnn.Module, path: str, **save_kwargs) -> None:
 
 
 def small_config(image_size: int = 48, num_frames: int = 4, s_depth: int = 1):
-    config = default.get_config()
+    config = default_config.get_config()
     config.model.image_size = image_size
     config.data.num_segments, config.data.segment_length = num_frames // 2, 2
     config.model.spatial.depth = s_depth
@@ -274,7 +274,7 @@ def expected_reference_keys(s_depth: int = 1, t_depth: int = 3) -> set[str]:
 
 @pytest.fixture(scope='module')
 def default_abstract_model():
-    return nnx.eval_shape(lambda: build_model(default.get_config().model, rngs=nnx.Rngs(0)))
+    return nnx.eval_shape(lambda: build_model(default_config.get_config().model, rngs=nnx.Rngs(0)))
 
 
 # ---- Key mapping ---------------------------------------------------------------------------
@@ -352,7 +352,7 @@ def test_converted_checkpoint_reproduces_torch_logits_at_112px(tmp_path):
     torch_model = make_torch_model(49, 16, seed=3)
     path = str(tmp_path / 'checkpoint.pth')
     save_like_reference(torch_model, path)
-    model = convert_torch.convert_checkpoint(path, default.get_config().model)
+    model = convert_torch.convert_checkpoint(path, default_config.get_config().model)
     clips = torch.rand(2, 16, 3, 112, 112, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected = torch_model(clips).numpy()
@@ -576,7 +576,7 @@ def test_command_line_writes_a_run_directory_that_inference_loads(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert '180 entries imported' in result.stdout  # 169 + one more S-Former layer
 
-    model = inference.load_model(output, 'latest')
+    model = inference.open_run(output, 'latest').model
     stored = checkpointing.read_config(output)
     assert stored.model.image_size == 48 and stored.model.spatial.depth == 2
     clips = small_clips(7)
@@ -590,5 +590,7 @@ def test_a_mismatch_writes_nothing(tmp_path):
     checkpoint = str(tmp_path / 'checkpoint.pth')
     save_like_reference(make_torch_model(SMALL_TOKENS, 4), checkpoint)
     with pytest.raises(ConversionError, match=r'mis-shaped: s_former\.pos_embedding'):
-        convert_torch.convert_and_save(checkpoint, str(tmp_path / 'run'), default.get_config())
+        convert_torch.convert_and_save(
+            checkpoint, str(tmp_path / 'run'), default_config.get_config()
+        )
     assert not os.path.exists(tmp_path / 'run')

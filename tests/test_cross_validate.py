@@ -6,8 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from former_dfer_jax import cross_validate, data, metrics, train
-from former_dfer_jax.results import EpochResult, RunResults
+from former_dfer_jax import cross_validate, data
+from former_dfer_jax.training import metrics, train
+from former_dfer_jax.training.results import EpochResult, RunResults
 from tests.test_cli import REPO, run_entry_point
 from tests.tiny import tiny_config
 

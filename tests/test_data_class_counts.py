@@ -1,8 +1,8 @@
 """The prepared data carries its dataset's classes: MAFW's 11, a user's own N (classes.txt),
 through prepare, info and the batches."""
 
-from configs import default, mafw
-from former_dfer_jax import data
+from configs import mafw
+from former_dfer_jax import data, default_config
 from former_dfer_jax.data import prepare, sources
 from tests.test_data_sources import MAFW_NAMES
 
@@ -46,7 +46,7 @@ def test_own_clips_prepare_with_their_classes(tmp_path, raw_data):
         lines['test' if i < 3 else 'train'].append(f'v{i} 4 {i % 3}\n')
     for split, rows in lines.items():
         (root / f'{split}.txt').write_text(''.join(rows))
-    config = _small(default.get_config(), tmp_path)
+    config = _small(default_config.get_config(), tmp_path)
     config.data.name, config.data.fold, config.data.root = 'own', 0, str(root)
     config.model.num_classes = 3
     info = data.info(config)

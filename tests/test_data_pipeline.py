@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import default
+from former_dfer_jax import default_config
 from former_dfer_jax.data import pipeline
 from former_dfer_jax.data.benchmark import benchmark_input, sampled_frames
 from former_dfer_jax.data.prepare import prepare
@@ -35,7 +35,7 @@ TRAIN_SEGMENT = {1: 0, 3: 0, 8: 0, 9: 1, 10: 1, 16: 1, 17: 2, 20: 2, 33: 4, 40: 
 def config(tmp_path_factory, raw_data):
     root = tmp_path_factory.mktemp('dfew')
     raw_data.dfew(root, CLIPS, {1: (FOLD1_TRAIN, FOLD1_TEST), 2: (FOLD1_TEST, FOLD1_TRAIN)})
-    config = default.get_config()
+    config = default_config.get_config()
     config.data.root = str(root)
     config.data.cache_dir = str(tmp_path_factory.mktemp('cache'))
     config.data.image_size = 16

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from configs import default
+from former_dfer_jax import default_config
 from former_dfer_jax.data import frames as frames_lib
 from former_dfer_jax.data import pipeline
 from former_dfer_jax.data import prepare as prepare_lib
@@ -19,7 +19,7 @@ from former_dfer_jax.data.sources import SourceError
 
 
 def make_config(root, cache, **data):
-    config = default.get_config()
+    config = default_config.get_config()
     config.data.root = str(root)
     config.data.cache_dir = str(cache)
     config.data.image_size = 16

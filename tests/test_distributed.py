@@ -19,7 +19,7 @@ import pytest
 from absl import flags
 from absl.testing import flagsaver
 
-from former_dfer_jax import distributed
+from former_dfer_jax.training import distributed
 from tests.test_cli import run_entry_point
 from tests.test_train import BATCH_STATS_RTOL, HEAD_GRADIENT_RTOL, SPATIAL_GRADIENT_RTOL
 from tests.tiny import env_with_devices, relative_difference
@@ -31,8 +31,8 @@ import sys
 import jax
 import numpy as np
 import optax
-from former_dfer_jax import distributed, train
-from former_dfer_jax.results import RunResults
+from former_dfer_jax.training import distributed, train
+from former_dfer_jax.training.results import RunResults
 from tests.tiny import gradient_groups, tiny_config
 
 workdir, out, address, num_processes, process_id = sys.argv[1:6]

@@ -7,8 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from former_dfer_jax import checkpointing, evaluate
-from former_dfer_jax.results import EpochResult, RunResults
+from former_dfer_jax import evaluate
+from former_dfer_jax.training import checkpointing
+from former_dfer_jax.training.results import EpochResult, RunResults
 from tests.test_cli import run_entry_point
 from tests.tiny import tiny_config
 

@@ -21,9 +21,9 @@ import pytest
 from flax import nnx
 from jax import export
 
-from former_dfer_jax import steps
 from former_dfer_jax.models import build_model
 from former_dfer_jax.models import conv as conv_ops
+from former_dfer_jax.training import steps
 from tests.tiny import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,11 +164,12 @@ def test_benchmark_train_and_eval_paths_import_without_tensorflow_and_clu_export
         import functools
         import jax
         from flax import nnx
-        from configs import default
-        from former_dfer_jax import benchmark, config_checks, steps
+        from former_dfer_jax import default_config
+        from former_dfer_jax import benchmark, config_checks
+        from former_dfer_jax.training import steps
         from former_dfer_jax.models import build_model
 
-        config = default.get_config()
+        config = default_config.get_config()
         config.data.image_size = 32
         config.data.num_segments = 2
         config.data.segment_length = 2

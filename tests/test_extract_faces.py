@@ -221,7 +221,8 @@ def test_own_videos_extract_train_and_evaluate(tmp_path, tiny_run):
     """Labelled with two of DFEW's classes and --classes in DFEW's order, the clips train
     the tiny run's very model (7 classes): the compiled steps of `tiny_run` are reused
     from the compilation cache, which keeps this test short."""
-    from former_dfer_jax import evaluate, train
+    from former_dfer_jax import evaluate
+    from former_dfer_jax.training import train
     from tests.tiny import tiny_config
 
     inputs = tmp_path / 'videos'

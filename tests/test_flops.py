@@ -12,8 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from configs import default
-from former_dfer_jax import flops
+from former_dfer_jax import default_config, flops
 from former_dfer_jax.models import build_abstract_model
 from former_dfer_jax.models.temporal import GRU
 
@@ -93,7 +92,7 @@ def test_count_macs_multiplies_scan_bodies_by_their_length():
 
 
 def test_macs_of_the_reference_model_at_112px():
-    forward, state, x = abstract_forward(default.get_config().model)
+    forward, state, x = abstract_forward(default_config.get_config().model)
     expected = (
         16 * resnet18_frame_macs()
         + 16 * encoder_macs(49, 256, 256, 512, depth=1)  # S-Former on 7x7 tokens
@@ -104,7 +103,7 @@ def test_macs_of_the_reference_model_at_112px():
 
 
 def test_macs_of_resnet18_gru_are_the_papers_7_78_g():
-    config = default.get_config()
+    config = default_config.get_config()
     config.model.spatial.enabled = False
     config.model.temporal.kind = 'gru'
     macs = flops.count_macs(*abstract_forward(config.model))
@@ -113,7 +112,7 @@ def test_macs_of_resnet18_gru_are_the_papers_7_78_g():
 
 
 def test_ablation_rows_apply_each_variant_to_a_copy():
-    base = default.get_config()
+    base = default_config.get_config()
     snapshot = copy.deepcopy(base)
     rows = dict(flops.ablation_rows(base))
     assert base == snapshot
@@ -124,7 +123,7 @@ def test_ablation_rows_apply_each_variant_to_a_copy():
 
 
 def test_format_table_lists_each_row():
-    base = default.get_config()
+    base = default_config.get_config()
     rows = flops.ablation_rows(base)[:2]
     results = [(n, c, {'params': 1_000, 'flops': 14e9, 'macs': 8e9}) for n, c in rows]
     text = flops.format_table(results)
@@ -133,7 +132,7 @@ def test_format_table_lists_each_row():
 
 
 def test_command_line_reports_the_complexity_of_the_config():
-    config = default.get_config()
+    config = default_config.get_config()
     config.model.image_size = 32
     config.data.num_segments = 1  # 2 frames
     forward, state, x = abstract_forward(config.model)
@@ -194,7 +193,7 @@ def test_model_complexity_fields(monkeypatch):
             return Lowered()
 
     monkeypatch.setattr(flops.jax, 'jit', Jitted)
-    config = default.get_config()
+    config = default_config.get_config()
     result = flops.model_complexity(config.model)
     assert result == {
         'params': 18_031_943,

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import ablations, default
+from configs import ablations
+from former_dfer_jax import default_config
 from former_dfer_jax.models import (
     FormerDFER,
     ModelSpec,
@@ -90,7 +91,7 @@ def apply(model: nnx.Module, x: jax.Array) -> tuple[jax.Array, nnx.State]:
 
 
 def test_default_model_has_the_reference_parameter_count():
-    model = build_model_abstract(default.get_config().model)
+    model = build_model_abstract(default_config.get_config().model)
     assert count_parameters(model) == 18_031_943
     assert count_parameters(model.spatial.trunk) == 11_176_512
     assert count_parameters(model.spatial.s_former) == 538_880
@@ -108,7 +109,7 @@ def build_model_abstract(model_config) -> FormerDFER:
 
 
 def test_spec_defaults_are_configs_default():
-    assert ModelSpec.from_config(default.get_config().model) == ModelSpec()
+    assert ModelSpec.from_config(default_config.get_config().model) == ModelSpec()
 
 
 def test_parameters_and_batch_statistics_are_float32_in_bfloat16_models():
@@ -121,7 +122,7 @@ def test_parameters_and_batch_statistics_are_float32_in_bfloat16_models():
 
 
 def test_unknown_config_keys_are_errors():
-    config = default.get_config()
+    config = default_config.get_config()
     config.model.spatial.unlock()
     config.model.spatial.dept = 3
     with pytest.raises(ValueError, match=r"unknown model.spatial keys \['dept'\]"):

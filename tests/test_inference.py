@@ -1,15 +1,16 @@
-"""inference.load_model: a stored run back as an eval-mode model that gives logits."""
+"""inference.open_run: a stored run back as an eval-mode model with what using it needs."""
 
 import numpy as np
 import pytest
 
-from former_dfer_jax import checkpointing, inference
+from former_dfer_jax import inference
+from former_dfer_jax.training import checkpointing
 from tests.tiny import random_clips
 
 
-def test_load_model_returns_the_trained_model_in_eval_mode(tiny_run):
+def test_open_run_returns_the_trained_model_in_eval_mode(tiny_run):
     config, workdir, state = tiny_run
-    model = inference.load_model(workdir, 'latest')
+    model = inference.open_run(workdir, 'latest').model
     clips = random_clips(config, 2)
     logits = np.asarray(model(clips))
     assert logits.shape == (2, 7)
@@ -24,15 +25,16 @@ def test_a_step_directory_can_be_loaded_directly(tiny_run):
     _, workdir, state = tiny_run
     run_dir, manager_dir, step = checkpointing.resolve_checkpoint(workdir, 'latest')
     assert (run_dir, step) == (workdir, int(state.step))
-    model = inference.load_model(f'{manager_dir}/{step}')
+    model = inference.open_run(f'{manager_dir}/{step}').model
     assert model.spec.num_classes == 7
 
 
 def test_predict_gives_the_softmax_of_the_models_logits(tiny_run):
     config, workdir, _ = tiny_run
-    model = inference.load_model(workdir)
+    run = inference.open_run(workdir)
+    model = run.model
     clips = random_clips(config, 3)
-    probabilities = np.asarray(inference.predict(model, clips))
+    probabilities = np.asarray(run.predict(clips))
     logits = np.asarray(model(clips), np.float64)
     expected = np.exp(logits - logits.max(-1, keepdims=True))
     expected /= expected.sum(-1, keepdims=True)
@@ -44,4 +46,4 @@ def test_predict_gives_the_softmax_of_the_models_logits(tiny_run):
 
 def test_a_directory_that_is_no_run_is_explained(tmp_path):
     with pytest.raises(checkpointing.CheckpointError, match='neither a run directory'):
-        inference.load_model(str(tmp_path))
+        inference.open_run(str(tmp_path))

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from flax import nnx, traverse_util
 
-from former_dfer_jax import convert_torch, inference, train
-from former_dfer_jax.results import RunResults
+from former_dfer_jax import convert_torch, inference
+from former_dfer_jax.training import train
+from former_dfer_jax.training.results import RunResults
 from tests.tiny import tiny_config
 
 
@@ -22,7 +23,7 @@ def _flat_params(tree) -> dict[tuple, np.ndarray]:
 
 
 def _stored_params(path: str) -> dict[tuple, np.ndarray]:
-    return _flat_params(nnx.to_pure_dict(nnx.state(inference.load_model(path), nnx.Param)))
+    return _flat_params(nnx.to_pure_dict(nnx.state(inference.open_run(path).model, nnx.Param)))
 
 
 def _fine_tune_start(init_from: str, workdir: str) -> dict[tuple, np.ndarray]:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from former_dfer_jax import metrics
+from former_dfer_jax.training import metrics
 
 NAMES = ['a', 'b', 'c']
 

@@ -10,8 +10,8 @@ import optax
 import pytest
 from flax import nnx
 
-from former_dfer_jax import steps
 from former_dfer_jax.models import build_model
+from former_dfer_jax.training import steps
 from tests.tiny import random_clips, tiny_config
 
 

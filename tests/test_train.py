@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from former_dfer_jax import checkpointing, inference, steps, train
+from former_dfer_jax import inference
 from former_dfer_jax.models import build_model
-from former_dfer_jax.results import RunResults
+from former_dfer_jax.training import checkpointing, steps, train
+from former_dfer_jax.training.results import RunResults
 from tests.tiny import TINY_RUN_EPOCHS as EPOCHS
 from tests.tiny import env_with_devices, relative_difference, tiny_config
 
@@ -199,7 +200,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     with pytest.raises(train.TrainingError, match=r'non-finite training loss at step (8|9) '):
         train.train_and_evaluate(diverging, workdir)
     assert _latest_steps(workdir) == [STEPS_PER_EPOCH]
-    model = inference.load_model(workdir, 'latest')
+    model = inference.open_run(workdir, 'latest').model
     restored = [np.asarray(x) for x in jax.tree.leaves(nnx.state(model))]
     for a, b in zip(_params(good), restored, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -212,7 +213,7 @@ def test_fine_tuning_starts_from_the_checkpoint_weights(tiny_run, tmp_path):
     config.optimizer.learning_rate = 0.0  # the weights must stay exactly those loaded
     config.optimizer.weight_decay = 0.0
     state = train.train_and_evaluate(config, str(tmp_path / 'finetune'))
-    best = inference.load_model(source, 'best')
+    best = inference.open_run(source, 'best').model
     expected = nnx.to_pure_dict(nnx.state(best, nnx.Param))
     got = nnx.to_pure_dict(state.params)
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
@@ -264,7 +265,8 @@ import functools, sys
 import jax, numpy as np, optax
 from flax import nnx
 from jax.sharding import Mesh
-from former_dfer_jax import data, sharding, steps
+from former_dfer_jax import data
+from former_dfer_jax.training import sharding, steps
 from former_dfer_jax.models import build_model
 from tests.tiny import tiny_config
 from tests.tiny import gradient_groups

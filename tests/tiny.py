@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 
 from configs import synthetic
-from former_dfer_jax import steps, train
+from former_dfer_jax.training import steps, train
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:

@@ -25,7 +25,7 @@ SPATIAL_STAGES = ('layer3', 'layer4')
 FRAME_FEATURES = 512  # width of the pooled layer4 map, the per-frame vector
 
 
-# The defaults below are the reference code's model; configs/default.py sets the same
+# The defaults below are the reference code's model; former_dfer_jax/default_config.py sets the same
 # values (a test checks that they agree).
 @dataclasses.dataclass(frozen=True)
 class SpatialSpec:
@@ -198,7 +198,7 @@ class FormerDFER(nnx.Module):
 
 
 def build_model(model_config: Mapping[str, Any], *, rngs: nnx.Rngs) -> FormerDFER:
-    """The model described by `config.model` (see configs/default.py), in training mode."""
+    """The model described by `config.model` (see `default_config`), in training mode."""
     return FormerDFER(ModelSpec.from_config(model_config), rngs=rngs)
 
 

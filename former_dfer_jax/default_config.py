@@ -1,7 +1,16 @@
 """The reference recipe: Former-DFER as the authors' code trains it on DFEW.
 
-Every other config starts from this one. Keys are documented where they are set; the
-README lists the ones users change most.
+Every config file starts from this one (`configs/*.py` in the repository, or your own):
+
+    from former_dfer_jax import default_config
+
+    def get_config():
+        config = default_config.get_config()
+        config.data.root = '/data/DFEW'
+        return config
+
+Keys are documented where they are set; docs/configs.md lists the ones users change most.
+Runs stored before a key existed get it at its value here (`checkpointing.read_config`).
 """
 
 import ml_collections

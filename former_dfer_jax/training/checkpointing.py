@@ -15,7 +15,7 @@ Each step directory is an Orbax composite checkpoint with the items
   step, and nothing reads the best step's optimizer state, so it is not written twice;
 * ``meta``: JSON: global step, epoch, metrics, and where the data stream stands.
 
-Stored weights are read one way: `load_model` restores the ``model`` item straight into
+Stored weights are read one way: `restore_model` restores the ``model`` item straight into
 the abstract model of the stored config (`models.build_abstract_model`), and
 `load_init_weights` copies it by path into a model of another config (fine-tuning).
 `RunCheckpoints.restore_latest` resumes a run, falling back to older steps when the
@@ -40,6 +40,7 @@ from absl import logging
 from flax import nnx, traverse_util
 from jax.experimental import multihost_utils
 
+from former_dfer_jax import default_config, files
 from former_dfer_jax.errors import UserError
 from former_dfer_jax.models import build_abstract_model
 
@@ -83,12 +84,7 @@ def config_path(run_dir: str) -> str:
 def write_config(run_dir: str, config: ml_collections.ConfigDict) -> None:
     """Writes `config` as JSON into `run_dir` (atomically: never a half-written file)."""
     os.makedirs(run_dir, exist_ok=True)
-    path = config_path(run_dir)
-    tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'w') as f:
-        f.write(config.to_json(indent=2, sort_keys=True))
-        f.write('\n')
-    os.replace(tmp, path)
+    files.write_text(config_path(run_dir), config.to_json(indent=2, sort_keys=True) + '\n')
 
 
 def _add_missing_keys(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict):
@@ -104,9 +100,8 @@ def _add_missing_keys(config: ml_collections.ConfigDict, defaults: ml_collection
 def read_config(run_dir: str) -> ml_collections.ConfigDict:
     """Reads the config stored in `run_dir`; a clear error when there is none.
 
-    Keys added to configs/default.py since the run was written get their defaults, so
+    Keys added to `default_config` since the run was written get their defaults, so
     that older runs still load (their stored values are never changed)."""
-    from configs import default  # the repository's config files, beside this package
 
     path = config_path(run_dir)
     if not os.path.exists(path):
@@ -116,7 +111,7 @@ def read_config(run_dir: str) -> ml_collections.ConfigDict:
             config = ml_collections.ConfigDict(json.load(f))
     except json.JSONDecodeError as e:
         raise CheckpointError(f'{path}: not valid JSON ({e})') from e
-    _add_missing_keys(config, default.get_config())
+    _add_missing_keys(config, default_config.get_config())
     return config
 
 
@@ -339,7 +334,7 @@ def save_model(
     meta: dict | None = None,
 ) -> None:
     """Writes `model` (parameters and BatchNorm statistics) as a run directory's latest
-    checkpoint, with `config` beside it, so `load_model(run_dir)` restores it."""
+    checkpoint, with `config` beside it, so `inference.open_run(run_dir)` opens it."""
     write_config(run_dir, config)
     manager = _manager(os.path.join(run_dir, 'checkpoints', LATEST), max_to_keep=None)
     manager.save(
@@ -390,7 +385,7 @@ def resolve_checkpoint(path: str, which: str = 'best') -> tuple[str, str, int]:
     )
 
 
-def load_model(
+def restore_model(
     path: str, which: str = 'best', *, model_config: ml_collections.ConfigDict | None = None
 ) -> tuple[nnx.Module, StoredCheckpoint]:
     """The model stored at `path` (a run directory + `which`, or a step directory), built

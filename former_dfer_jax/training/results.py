@@ -11,6 +11,8 @@ import json
 import os
 from typing import Any
 
+from former_dfer_jax import files
+
 RESULTS_FILE = 'results.json'
 
 
@@ -104,11 +106,7 @@ class RunResults:
 
     def write(self, workdir: str) -> None:
         """Writes `workdir/results.json` atomically (never a half-written file)."""
-        path = results_path(workdir)
-        tmp = f'{path}.tmp-{os.getpid()}'
-        with open(tmp, 'w') as f:
-            f.write(self.to_json())
-        os.replace(tmp, path)
+        files.write_text(results_path(workdir), self.to_json())
 
     @classmethod
     def read(cls, workdir: str) -> RunResults | None:

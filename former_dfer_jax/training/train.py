@@ -28,19 +28,11 @@ from clu import metrics as clu_metrics
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from former_dfer_jax import (
-    checkpointing,
-    config_checks,
-    data,
-    evaluate,
-    metrics,
-    run_lock,
-    sharding,
-    steps,
-)
+from former_dfer_jax import config_checks, data
 from former_dfer_jax.errors import UserError
 from former_dfer_jax.models import build_abstract_model, build_model
-from former_dfer_jax.results import RunResults
+from former_dfer_jax.training import checkpointing, evaluation, metrics, run_lock, sharding, steps
+from former_dfer_jax.training.results import RunResults
 
 
 class TrainingError(UserError):
@@ -287,7 +279,7 @@ def evaluate_splits(eval_fn, state: steps.TrainState, config, splits) -> dict[st
     class_names = data.info(config).class_names
     return {
         split: metrics.summarize(
-            evaluate.confusion_over_split(eval_fn, (state.params, state.rest), config, split),
+            evaluation.confusion_over_split(eval_fn, (state.params, state.rest), config, split),
             class_names,
         )
         for split in splits
@@ -341,7 +333,7 @@ def train_and_evaluate(
             donate_argnums=0,
             out_shardings=(replicated, replicated),
         )
-        eval_fn = evaluate.make_eval_fn(state.eval_graphdef, info.num_classes)
+        eval_fn = evaluation.make_eval_fn(state.eval_graphdef, info.num_classes)
         eval_splits = ['test'] if results.selection_split == 'test' else ['validation', 'test']
 
         # Logging. ---------------------------------------------------------------------------------
@@ -406,15 +398,15 @@ def train_and_evaluate(
 
                 best_value = None
                 if epoch_end:
-                    evaluation = None
+                    summaries = None
                     if eval_now:
                         with report_progress.timed('eval'):
-                            evaluation = evaluate_splits(eval_fn, state, config, eval_splits)
-                        for split, summary in evaluation.items():
+                            summaries = evaluate_splits(eval_fn, state, config, eval_splits)
+                        for split, summary in summaries.items():
                             _write_eval(writer, step, split, summary)
                     train_means = computed(epoch_metrics, epoch)
                     epoch_metrics = TrainMetrics.empty()
-                    if results.add_epoch(epoch, step, train_means, evaluation):
+                    if results.add_epoch(epoch, step, train_means, summaries):
                         best_value = results.best.selection_value
                     results.finished = step == total_steps
                     logging.info('%s', _epoch_line(results.history[-1], config))

@@ -1,0 +1,7 @@
+"""Training: the jitted steps, the loop, checkpoints, evaluation and what a run records.
+
+Modules: steps (pure train / eval step functions), train (`train_and_evaluate`, the loop),
+evaluation (metrics of a model on a split), checkpointing (Orbax; a run directory's layout),
+run_lock (one trainer per workdir), sharding and distributed (data parallelism over devices
+and hosts), metrics (UAR / WAR / confusion), results (results.json).
+"""
