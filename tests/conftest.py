@@ -67,6 +67,24 @@ def tiny_run(tmp_path_factory):
     return train_tiny_run(workdir)
 
 
+@pytest.fixture(scope='session')
+def own_run():
+    """A finished 1-epoch run on an own dataset of 11 classes (`tiny.OWN_CLASS_NAMES`):
+    (config, run dir). Trained once per test run, shared read-only by every test (copy it
+    before writing into it)."""
+    import fcntl
+
+    from tests.tiny import own_config, train_own_run
+
+    shared = os.path.join(os.environ[RUN_DIR_ENV], 'own_run')
+    with open(f'{shared}.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(os.path.join(shared, 'run', 'results.json')):
+            shutil.rmtree(shared, ignore_errors=True)
+            return train_own_run(shared)
+    return own_config(os.path.join(shared, 'data')), os.path.join(shared, 'run')
+
+
 FRAME_STEP = 4  # frame t of a fixture clip has red = FRAME_STEP * t (t < 64)
 
 
