@@ -12,12 +12,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.runtime-installed: requirements.txt | $(BIN)/python
+# The pinned requirements, then the project itself (editable: the package in this clone is
+# what runs, from any directory), without letting pip change a pinned version.
+$(VENV)/.runtime-installed: requirements.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-$(VENV)/.dev-installed: requirements.txt requirements-dev.txt | $(BIN)/python
+$(VENV)/.dev-installed: requirements.txt requirements-dev.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(VENV)/.runtime-installed $@
 
 # Train and evaluate on the embedded synthetic DFEW-format dataset.
@@ -29,8 +33,8 @@ test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q -rs -n 2 tests
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check former_dfer_jax configs tests
-	$(BIN)/ruff format --check former_dfer_jax configs tests
+	$(BIN)/ruff check former_dfer_jax configs tests scripts
+	$(BIN)/ruff format --check former_dfer_jax configs tests scripts
 
 clean-venv:
 	rm -rf $(VENV)

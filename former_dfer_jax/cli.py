@@ -3,13 +3,16 @@
     def _define_flags() -> None:
         cli.define_config_flags(workdir_help='Directory for checkpoints, logs and results.')
 
-    if __name__ == '__main__':
+    def entry_point() -> None:  # a [project.scripts] command of pyproject.toml
         _define_flags()
         cli.run(main)
 
+    if __name__ == '__main__':
+        entry_point()
+
 `run` prints an `errors.UserError` raised in main as one `error: <message>` line on stderr
 and exits with status 1 (`--verbose` adds the traceback); any other exception is a bug and
-keeps its traceback. Flags are defined only when a module runs as a script, so that the
+keeps its traceback. Flags are defined only when a module runs as a command, so that the
 entry points import side by side.
 """
 
@@ -29,24 +32,29 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from former_dfer_jax import xla_flags
+from former_dfer_jax import default_config, xla_flags
 from former_dfer_jax.errors import UserError
 from former_dfer_jax.training import distributed
 
 Main = Callable[[list[str]], None]
 
 
-def define_config_flags(*, workdir_help: str | None = None) -> None:
-    """The required `--config` (an ml_collections config file, loaded locked so that a
-    misspelt `--config.x.y` override is an error) and, when `workdir_help` is given, the
-    required `--workdir`."""
+def define_config_flags(
+    *, workdir_help: str | None = None, reference_default: bool = False
+) -> None:
+    """`--config` (an ml_collections config file, loaded locked so that a misspelt
+    `--config.x.y` override is an error): required, or with `reference_default` the
+    package's reference recipe (`default_config`) when not given; and, when `workdir_help`
+    is given, the required `--workdir`."""
+    default = default_config.__file__ if reference_default else None
     config_flags.DEFINE_config_file(
         'config',
-        None,
-        'Config file, e.g. configs/dfew.py; override keys with --config.<key>=<value>.',
+        default,
+        'Config file, e.g. configs/dfew.py; override keys with --config.<key>=<value>.'
+        + (' Default: the reference recipe.' if reference_default else ''),
         lock_config=True,
     )
-    required = ['config']
+    required = [] if reference_default else ['config']
     if workdir_help is not None:
         flags.DEFINE_string('workdir', None, workdir_help)
         required.append('workdir')

@@ -1,7 +1,9 @@
 """Import a checkpoint of the authors' PyTorch code (zengqunzhao/Former-DFER).
 
-    python -m former_dfer_jax.convert_torch --checkpoint=model_best.pth --output=runs/imported \
-        --config=configs/dfew.py
+    python -m former_dfer_jax.convert_torch --checkpoint=model_best.pth --output=runs/imported
+
+The authors' checkpoints are of the reference architecture (the default); an ablation's
+checkpoint needs its config, e.g. `--config=configs/ablations.py:resnet18_gru`.
 
 The file is read without executing anything it contains: a restricted unpickler rebuilds
 only tensors, storages and OrderedDicts, and turns every other pickled object (the
@@ -498,7 +500,7 @@ def convert_and_save(
     checkpoint_path: str, output: str, config: ml_collections.ConfigDict
 ) -> FormerDFER:
     """Converts the reference checkpoint and writes it as a run directory at `output`
-    (config.json + checkpoint), which `inference.load_model(output)` restores."""
+    (config.json + checkpoint), which `inference.open_run(output)` opens."""
     from former_dfer_jax.training import checkpointing
 
     checkpoint = load_torch_file(checkpoint_path)
@@ -529,12 +531,17 @@ def main(argv: list[str]) -> None:
 def _define_flags() -> None:
     from absl import flags
 
-    cli.define_config_flags()
+    cli.define_config_flags(reference_default=True)
     flags.DEFINE_string('checkpoint', None, 'A .pth file saved by the reference code.')
-    flags.DEFINE_string('output', None, 'Run directory to write (inference.load_model reads it).')
+    flags.DEFINE_string('output', None, 'Run directory to write (inference.open_run reads it).')
     flags.mark_flags_as_required(['checkpoint', 'output'])
 
 
-if __name__ == '__main__':
+def entry_point() -> None:
+    """The `former-dfer-convert-torch` command (also `python -m former_dfer_jax.convert_torch`)."""
     _define_flags()
     cli.run(main)
+
+
+if __name__ == '__main__':
+    entry_point()

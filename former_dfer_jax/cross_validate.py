@@ -144,6 +144,11 @@ def _define_flags() -> None:
     flags.DEFINE_bool('summarize_only', False, 'Only rebuild the summary from finished folds.')
 
 
-if __name__ == '__main__':
+def entry_point() -> None:
+    """The `former-dfer-cross-validate` command (also `python -m former_dfer_jax.cross_validate`)."""
     _define_flags()
     cli.run(main)
+
+
+if __name__ == '__main__':
+    entry_point()

@@ -65,6 +65,11 @@ def _define_flags() -> None:
     flags.DEFINE_enum('split', 'test', ['test', 'validation', 'train'], 'The split to evaluate.')
 
 
-if __name__ == '__main__':
+def entry_point() -> None:
+    """The `former-dfer-evaluate` command (also `python -m former_dfer_jax.evaluate`)."""
     _define_flags()
     cli.run(main)
+
+
+if __name__ == '__main__':
+    entry_point()

@@ -199,6 +199,11 @@ def _define_flags() -> None:
     flags.DEFINE_bool('ablations', False, 'Also print the table of every ablation variant.')
 
 
-if __name__ == '__main__':
+def entry_point() -> None:
+    """The `former-dfer-flops` command (also `python -m former_dfer_jax.flops`)."""
     _define_flags()
     cli.run(main)
+
+
+if __name__ == '__main__':
+    entry_point()

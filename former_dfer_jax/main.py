@@ -58,6 +58,11 @@ def _define_flags() -> None:
     cli.define_config_flags(workdir_help='Directory for checkpoints, logs and results.')
 
 
-if __name__ == '__main__':
+def entry_point() -> None:
+    """The `former-dfer-train` command (also `python -m former_dfer_jax.main`)."""
     _define_flags()
     cli.run(main)
+
+
+if __name__ == '__main__':
+    entry_point()

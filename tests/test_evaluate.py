@@ -11,7 +11,7 @@ from former_dfer_jax import evaluate
 from former_dfer_jax.training import checkpointing
 from former_dfer_jax.training.results import EpochResult, RunResults
 from tests.test_cli import run_entry_point
-from tests.tiny import tiny_config
+from tests.tiny import OWN_CLASS_NAMES, tiny_config
 
 
 def _recorded(workdir: str, which: str) -> EpochResult:
@@ -90,3 +90,25 @@ def test_evaluate_checkpoint_path_scores_that_step_and_writes_eval_path_step_spl
     printed = capsys.readouterr().out
     assert f'test split of {run_dir} at step {first_epoch["step"]}, percent:' in printed
     assert f'Written to {out}' in printed
+
+
+def test_an_own_run_of_11_classes_is_reported_with_its_class_names(own_run, tmp_path, capsys):
+    config, run_dir = own_run
+    config_file = tmp_path / 'own.py'
+    config_file.write_text(
+        'from tests.tiny import own_config\n\n'
+        f'def get_config():\n    return own_config({config.data.root!r})\n'
+    )
+    workdir = str(tmp_path / 'run')
+    shutil.copytree(run_dir, workdir)
+
+    status = run_entry_point(evaluate, f'--config={config_file}', f'--workdir={workdir}')
+
+    assert status == 0
+    (written,) = (name for name in os.listdir(workdir) if name.startswith('eval_best'))
+    with open(os.path.join(workdir, written)) as f:
+        summary = json.load(f)
+    assert tuple(summary['per_class_recall']) == OWN_CLASS_NAMES
+    assert np.shape(summary['confusion_matrix']) == (11, 11)
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith('|'))
+    assert [cell.strip() for cell in header.strip('|').split('|')][1:12] == list(OWN_CLASS_NAMES)
