@@ -39,6 +39,31 @@ from former_dfer_jax.training import distributed
 Main = Callable[[list[str]], None]
 
 
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow (the data pipeline and MTCNN run on it) with file descriptor 2
+    closed to its C++ start-up notices ("oneDNN custom operations are on ...", printed
+    twice, before any log level applies); --verbose shows them. An import error still
+    raises, with its Python message."""
+    if '--verbose' in sys.argv or 'tensorflow' in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    except ImportError:
+        pass  # a command that needs it reports the error when it imports it
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+# Command modules import this module before the package's TensorFlow users.
+_import_tensorflow_quietly()
+
+
 def define_config_flags(
     *, workdir_help: str | None = None, reference_default: bool = False
 ) -> None:
@@ -174,4 +199,7 @@ def setup() -> None:
     xla_flags.set_xla_flags()
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+    if not ('verbose' in flags.FLAGS and flags.FLAGS.verbose):
+        # e.g. tf.function's retracing warnings while MTCNN meets new frame sizes.
+        std_logging.getLogger('tensorflow').setLevel(std_logging.ERROR)
     distributed.initialize_from_flags()

@@ -121,9 +121,18 @@ def test_a_bad_fold_is_refused_before_any_data_is_prepared(tmp_path):
     result = _main(tmp_path, '--config=configs/synthetic.py', '--config.data.fold=9')
     assert result.returncode == 1, result.stderr[-3000:]
     assert 'Traceback' not in result.stderr
-    assert _error_lines(result.stderr) == ['error: data.fold=9: synthetic has folds 1, 2, 3, 4, 5']
+    # The command's own line only: TensorFlow's start-up notices ("oneDNN custom operations
+    # are on ...") are not shown without --verbose.
+    assert result.stderr.splitlines() == ['error: data.fold=9: synthetic has folds 1, 2, 3, 4, 5']
     assert not (tmp_path / 'cache' / 'tfds').exists()
     assert not (tmp_path / 'cache').exists() or not any((tmp_path / 'cache').iterdir())
+
+
+def test_verbose_shows_the_libraries_start_up_notices_too(tmp_path):
+    result = _main(tmp_path, '--config=configs/synthetic.py', '--config.data.fold=9', '--verbose')
+    assert result.returncode == 1
+    assert 'oneDNN' in result.stderr  # TensorFlow's, printed when it loads on this CPU build
+    assert result.stderr.splitlines()[-1].startswith('error: data.fold=9')
 
 
 def run_entry_point(entry_point, *args: str) -> int:
