@@ -1,16 +1,25 @@
 """The ablation variants of the paper's Tables 1-3, as changes to `config.model`.
 
 `configs/ablations.py:<variant>` applies them to the reference recipe; `flops --ablations`
-tabulates their cost. `depths_N_M` sets the S-Former depth N and the T-Former depth M (any
-integers); the other variants keep the reference's depths (N = 1, M = 3).
+tabulates their cost; `variant_spec` gives a variant's ModelSpec without any config file:
+
+    FormerDFER(variant_spec('resnet18_gru', num_classes=11), rngs=nnx.Rngs(0))
+
+`depths_N_M` sets the S-Former depth N and the T-Former depth M (any integers); the other
+variants keep the reference's depths (N = 1, M = 3).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
+from typing import Any
 
 import ml_collections
+
+from former_dfer_jax import default_config
+from former_dfer_jax.models import ModelSpec
 
 
 def _no_s_former(m: ml_collections.ConfigDict) -> None:
@@ -93,9 +102,17 @@ def apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     elif variant in VARIANTS:
         VARIANTS[variant](config.model)
     else:
-        from former_dfer_jax.config_checks import ConfigError  # jax & co. only on this path
+        from former_dfer_jax.config_checks import ConfigError  # data & training: only here
 
         raise ConfigError(
             f'unknown ablation variant {variant!r}; valid: {", ".join(VARIANTS)}, '
             'depths_N_M (S-Former depth N, T-Former depth M, e.g. depths_3_6)'
         )
+
+
+def variant_spec(variant: str, **fields: Any) -> ModelSpec:
+    """The ModelSpec of the reference model changed into `variant`, with `fields` (e.g.
+    num_classes=11, image_size=64) replaced on top."""
+    config = default_config.get_config()
+    apply_variant(config, variant)
+    return dataclasses.replace(ModelSpec.from_config(config.model), **fields)

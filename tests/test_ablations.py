@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +14,7 @@ from configs import ablations
 from former_dfer_jax import ablations as variants
 from former_dfer_jax import default_config
 from former_dfer_jax.flops import _describe
-from former_dfer_jax.models import build_model
+from former_dfer_jax.models import ModelSpec, build_model
 from former_dfer_jax.training import steps
 from tests.tiny import random_clips, tiny_config
 
@@ -112,3 +114,14 @@ def test_variants_with_their_own_modules_take_a_train_step_that_trains_every_par
     assert np.isfinite(float(loss))
     paths = jax.tree_util.tree_leaves_with_path(moved)
     assert [jax.tree_util.keystr(path) for path, m in paths if not m] == []
+
+
+def test_variant_spec_builds_a_paper_variant_without_a_config_file():
+    spec = variants.variant_spec('resnet18_gru', num_classes=11)
+    config = default_config.get_config()
+    variants.apply_variant(config, 'resnet18_gru')
+    assert spec == dataclasses.replace(ModelSpec.from_config(config.model), num_classes=11)
+    assert (spec.spatial.enabled, spec.temporal.kind, spec.num_classes) == (False, 'gru', 11)
+    assert variants.variant_spec('depths_3_6').spatial.depth == 3
+    with pytest.raises(ValueError, match="unknown ablation variant 'resnet50'"):
+        variants.variant_spec('resnet50')
