@@ -1,4 +1,4 @@
-"""Complexity: the MAC counter, XLA's count, and the command line."""
+"""Complexity (models.complexity): the MAC counter, XLA's count; and the flops command."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from former_dfer_jax import default_config, flops
-from former_dfer_jax.models import build_abstract_model
+from former_dfer_jax.models import build_abstract_model, complexity
 from former_dfer_jax.models.temporal import GRU
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,14 +80,14 @@ def test_count_macs_of_a_small_network_worked_by_hand():
         + 2 * 7 * 4  # the nested jit's [2, 4] x [4, 7] product: 56
     )
     assert expected == 10_008
-    assert flops.count_macs(small_network, *args) == expected
+    assert complexity.count_macs(small_network, *args) == expected
 
 
 def test_count_macs_multiplies_scan_bodies_by_their_length():
     rnn = nnx.eval_shape(lambda: GRU(8, 6, dtype=jnp.float32, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(rnn)
     x = jax.ShapeDtypeStruct((2, 5, 8), jnp.float32)
-    macs = flops.count_macs(lambda s, x: nnx.merge(graphdef, s)(x), state, x)
+    macs = complexity.count_macs(lambda s, x: nnx.merge(graphdef, s)(x), state, x)
     assert macs == 2 * 5 * 8 * 18 + 5 * (2 * 6 * 18)  # input projection + 5 steps
 
 
@@ -99,14 +99,14 @@ def test_macs_of_the_reference_model_at_112px():
         + encoder_macs(17, 512, 512, 1024, depth=3)  # T-Former on 16 frames + class token
         + 512 * 7
     )
-    assert flops.count_macs(forward, state, x) == expected  # 8.296 G
+    assert complexity.count_macs(forward, state, x) == expected  # 8.296 G
 
 
 def test_macs_of_resnet18_gru_are_the_papers_7_78_g():
     config = default_config.get_config()
     config.model.spatial.enabled = False
     config.model.temporal.kind = 'gru'
-    macs = flops.count_macs(*abstract_forward(config.model))
+    macs = complexity.count_macs(*abstract_forward(config.model))
     assert macs == 16 * resnet18_frame_macs() + 2 * 16 * 512 * 3 * 512 + 512 * 7
     assert round(macs / 1e9, 2) == flops.PAPER_GFLOPS['resnet18_gru']
 
@@ -136,7 +136,7 @@ def test_command_line_reports_the_complexity_of_the_config():
     config.model.image_size = 32
     config.data.num_segments = 1  # 2 frames
     forward, state, x = abstract_forward(config.model)
-    macs = flops.count_macs(forward, state, x)
+    macs = complexity.count_macs(forward, state, x)
 
     result = subprocess.run(
         [
@@ -168,10 +168,10 @@ def test_compiled_flops_reads_every_form_of_xla_cost_analysis():
         def cost_analysis(self):
             return self.cost
 
-    assert flops.compiled_flops(Compiled({'flops': 12.0})) == 12.0
-    assert flops.compiled_flops(Compiled([{'flops': 12.0}])) == 12.0  # older jax
+    assert complexity.compiled_flops(Compiled({'flops': 12.0})) == 12.0
+    assert complexity.compiled_flops(Compiled([{'flops': 12.0}])) == 12.0  # older jax
     for unknown in (None, [], {}, {'flops': 0.0}):
-        assert flops.compiled_flops(Compiled(unknown)) is None
+        assert complexity.compiled_flops(Compiled(unknown)) is None
 
 
 def test_model_complexity_fields(monkeypatch):
@@ -192,12 +192,12 @@ def test_model_complexity_fields(monkeypatch):
         def lower(self, *args):
             return Lowered()
 
-    monkeypatch.setattr(flops.jax, 'jit', Jitted)
+    monkeypatch.setattr(complexity.jax, 'jit', Jitted)
     config = default_config.get_config()
-    result = flops.model_complexity(config.model)
+    result = complexity.model_complexity(config.model)
     assert result == {
         'params': 18_031_943,
         'flops': 123,
-        'macs': flops.count_macs(*abstract_forward(config.model)),
+        'macs': complexity.count_macs(*abstract_forward(config.model)),
         'input_shape': (1, 16, 112, 112, 3),
     }
