@@ -53,6 +53,25 @@ def test_a_lock_held_by_a_live_process_of_this_host_is_refused(tmp_path):
     assert (tmp_path / LOCK_FILE).exists()  # not taken over
 
 
+def test_a_lock_of_another_users_live_process_is_refused(tmp_path, monkeypatch):
+    # os.kill(pid, 0) on a live process of another user raises PermissionError: that
+    # process exists, so its lock holds (a run of a colleague in a shared workdir).
+    other_users_pid = _dead_pid()
+    _write_lock(str(tmp_path), pid=other_users_pid)
+    real_kill = os.kill
+
+    def kill(pid, signal):
+        if pid == other_users_pid:
+            raise PermissionError(1, 'Operation not permitted')
+        return real_kill(pid, signal)
+
+    monkeypatch.setattr(os, 'kill', kill)
+    with pytest.raises(RunLockError, match=f'pid {other_users_pid}'):
+        RunLock(str(tmp_path)).acquire()
+    with open(tmp_path / LOCK_FILE) as f:
+        assert json.load(f)['pid'] == other_users_pid  # not taken over
+
+
 def test_a_lock_whose_process_is_dead_is_taken_over_with_a_warning(tmp_path, caplog):
     dead = _dead_pid()
     _write_lock(str(tmp_path), pid=dead)
