@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.crop_area_min = 1.0
     data.stored_frame_size = 0  # frames are drawn at their final size
 
-    # Every key is a keyword argument of synthetic.generate_dataset; changing any of them
+    # Every key is a keyword argument of synthetic_dataset.generate_dataset; changing any of them
     # generates (and prepares) a new dataset.
     data.synthetic = synthetic = ml_collections.ConfigDict()
     synthetic.num_clips = 560  # 80 per class; each fold tests 112 and trains on 448

@@ -102,7 +102,7 @@ def apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     elif variant in VARIANTS:
         VARIANTS[variant](config.model)
     else:
-        from former_dfer_jax.config_checks import ConfigError  # data & training: only here
+        from former_dfer_jax.training.config_checks import ConfigError  # data & training: only here
 
         raise ConfigError(
             f'unknown ablation variant {variant!r}; valid: {", ".join(VARIANTS)}, '

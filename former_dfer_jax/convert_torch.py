@@ -32,9 +32,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from former_dfer_jax import cli, config_checks
+from former_dfer_jax import cli
 from former_dfer_jax.errors import UserError
 from former_dfer_jax.models import FormerDFER, build_abstract_model, build_model
+from former_dfer_jax.training import config_checks
 
 
 class ConversionError(UserError, ValueError):

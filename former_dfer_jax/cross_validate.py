@@ -18,9 +18,9 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image
 
-from former_dfer_jax import cli, config_checks, files
+from former_dfer_jax import cli, files
 from former_dfer_jax.errors import UserError
-from former_dfer_jax.training import metrics, train
+from former_dfer_jax.training import config_checks, metrics, train
 from former_dfer_jax.training.results import RunResults
 
 
@@ -145,7 +145,7 @@ def _define_flags() -> None:
 
 
 def entry_point() -> None:
-    """The `former-dfer-cross-validate` command (also `python -m former_dfer_jax.cross_validate`)."""
+    """The `former-dfer-cross-validate` command (`python -m former_dfer_jax.cross_validate`)."""
     _define_flags()
     cli.run(main)
 

@@ -16,9 +16,9 @@ import jax
 import ml_collections
 from absl import app, flags
 
-from former_dfer_jax import cli, config_checks, files
+from former_dfer_jax import cli, files
 from former_dfer_jax.inference import open_run
-from former_dfer_jax.training import checkpointing, metrics
+from former_dfer_jax.training import checkpointing, config_checks, metrics
 from former_dfer_jax.training.evaluation import evaluate_model
 
 

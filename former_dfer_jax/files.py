@@ -35,8 +35,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes `text` to `path` atomically."""
-    with atomic_path(path) as tmp, open(tmp, 'w') as f:
+    """Writes `text` to `path` atomically, as UTF-8 with \\n line ends."""
+    with atomic_path(path) as tmp, open(tmp, 'w', encoding='utf-8', newline='\n') as f:
         f.write(text)
 
 

@@ -13,8 +13,9 @@ from typing import Any
 import ml_collections
 from absl import app, flags
 
-from former_dfer_jax import ablations, cli, config_checks
+from former_dfer_jax import ablations, cli
 from former_dfer_jax.models.complexity import model_complexity
+from former_dfer_jax.training import config_checks
 
 # The paper's complexity column (GFLOPs, i.e. multiply-adds). Its 9.11 is the model with
 # the depths of its text, S-Former N = 3 and T-Former M = 3 (the code's default N = 1).

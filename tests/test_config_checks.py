@@ -5,10 +5,11 @@ import re
 
 import pytest
 
-from former_dfer_jax import config_checks, default_config
-from former_dfer_jax.config_checks import ConfigError
+from former_dfer_jax import default_config
 from former_dfer_jax.data import sources
 from former_dfer_jax.errors import UserError
+from former_dfer_jax.training import config_checks
+from former_dfer_jax.training.config_checks import ConfigError
 from tests.test_configs import SPECS, load_config
 
 

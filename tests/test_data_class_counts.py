@@ -3,7 +3,7 @@ through prepare, info and the batches."""
 
 from configs import mafw
 from former_dfer_jax import data, default_config
-from former_dfer_jax.data import prepare, sources
+from former_dfer_jax.data import cache, sources
 from tests.test_data_sources import MAFW_NAMES
 
 
@@ -31,9 +31,9 @@ def test_mafw_prepares_eleven_classes(tmp_path, raw_data):
     assert info.class_counts == {'train': [1] * 11, 'test': [1] * 11}
     labels = {int(b) for batch in data.load(config, 'test') for b in batch['label']}
     assert labels == set(range(11))
-    assert prepare.builder_config_name(config) == 'mafw'
+    assert cache.builder_config_name(config) == 'mafw'
     config.data.face_crop = 'detect'
-    assert prepare.builder_config_name(config) == 'mafw_faces'
+    assert cache.builder_config_name(config) == 'mafw_faces'
 
 
 def test_own_clips_prepare_with_their_classes(tmp_path, raw_data):
@@ -52,4 +52,4 @@ def test_own_clips_prepare_with_their_classes(tmp_path, raw_data):
     info = data.info(config)
     assert (info.num_classes, info.class_names) == (3, ('calm', 'not sure', 'excited'))
     assert info.class_counts == {'train': [3, 3, 3], 'test': [1, 1, 1]}
-    assert prepare.builder_config_name(config).startswith('own_')
+    assert cache.builder_config_name(config).startswith('own_')

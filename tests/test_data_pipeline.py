@@ -7,7 +7,7 @@ import tensorflow as tf
 from former_dfer_jax import default_config
 from former_dfer_jax.data import pipeline
 from former_dfer_jax.data.benchmark import benchmark_input, sampled_frames
-from former_dfer_jax.data.prepare import prepare
+from former_dfer_jax.data.cache import prepare
 
 # 22 clips; lengths cover N = 1, N < U, N = U, N = U + V - 1 and longer clips.
 LENGTHS = [1, 3, 8, 9, 10, 16, 17, 20, 33, 40, 63]

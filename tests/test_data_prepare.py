@@ -3,7 +3,6 @@
 import io
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +11,15 @@ import tensorflow as tf
 from PIL import Image
 
 from former_dfer_jax import default_config
+from former_dfer_jax.data import cache, pipeline
 from former_dfer_jax.data import frames as frames_lib
-from former_dfer_jax.data import pipeline
-from former_dfer_jax.data import prepare as prepare_lib
 from former_dfer_jax.data.sources import SourceError
 
 
-def make_config(root, cache, **data):
+def make_config(root, cache_dir, **data):
     config = default_config.get_config()
     config.data.root = str(root)
-    config.data.cache_dir = str(cache)
+    config.data.cache_dir = str(cache_dir)
     config.data.image_size = 16
     config.batch_size = 2
     config.eval_batch_size = 2
@@ -64,7 +62,7 @@ def damaged(tmp_path_factory, raw_data):
 @pytest.fixture(scope='module')
 def damaged_prepared(damaged, tmp_path_factory):
     config = make_config(damaged, tmp_path_factory.mktemp('cache'))
-    return config, prepare_lib.prepare(config, progress=False)
+    return config, cache.prepare(config, progress=False)
 
 
 def test_bad_frames_are_reported_by_file(damaged, damaged_prepared):
@@ -131,11 +129,11 @@ def test_a_crashed_prepare_is_not_taken_as_done(tmp_path, raw_data, monkeypatch)
 
     monkeypatch.setattr(frames_lib, 'encode_clip', dies_on_third_clip)
     with pytest.raises(KeyboardInterrupt):
-        prepare_lib.prepare(config, progress=False)
-    target = prepare_lib.prepared_dir(config)
+        cache.prepare(config, progress=False)
+    target = cache.prepared_dir(config)
     assert not (target / 'dataset_info.json').exists()
     monkeypatch.setattr(frames_lib, 'encode_clip', real)
-    prepared = prepare_lib.prepare(config, progress=False)
+    prepared = cache.prepare(config, progress=False)
     assert prepared.metadata['clip_ids'] == ['00001', '00002', '00003']
     assert Path(prepared.data_dir) == target
     leftovers = [p.name for p in target.parent.iterdir() if 'incomplete' in p.name]
@@ -144,27 +142,27 @@ def test_a_crashed_prepare_is_not_taken_as_done(tmp_path, raw_data, monkeypatch)
 
 def test_cache_location_and_config_names(tmp_path, monkeypatch):
     config = make_config('/data/DFEW', '')
-    monkeypatch.setenv(prepare_lib.CACHE_ENV, str(tmp_path / 'env-cache'))
-    assert prepare_lib.cache_root(config) == tmp_path / 'env-cache'
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / 'env-cache'))
+    assert cache.cache_root(config) == tmp_path / 'env-cache'
     config.data.cache_dir = str(tmp_path / 'explicit')
-    assert prepare_lib.cache_root(config) == tmp_path / 'explicit'
-    monkeypatch.delenv(prepare_lib.CACHE_ENV)
+    assert cache.cache_root(config) == tmp_path / 'explicit'
+    monkeypatch.delenv(cache.CACHE_ENV)
     config.data.cache_dir = ''
-    assert prepare_lib.cache_root(config) == Path.home() / '.cache' / 'former_dfer_jax'
-    assert prepare_lib.builder_config_name(config) == 'dfew'
+    assert cache.cache_root(config) == Path.home() / '.cache' / 'former_dfer_jax'
+    assert cache.builder_config_name(config) == 'dfew'
     config.data.annotation_dir = '/lists'
     config.data.stored_frame_size = 128
-    assert prepare_lib.builder_config_name(config) == 'dfew_lists_f128'
+    assert cache.builder_config_name(config) == 'dfew_lists_f128'
     config.data.name = 'afew'
     config.data.annotation_dir = ''
-    assert prepare_lib.builder_config_name(config) == 'afew_f128'
+    assert cache.builder_config_name(config) == 'afew_f128'
 
 
 def test_stored_frame_size_resizes_the_shorter_side(tmp_path, raw_data):
     root = tmp_path / 'raw'
     raw_data.dfew(root, {1: (3, 0), 2: (3, 1)}, {1: ([1], [2])}, size=(32, 24))
     config = make_config(root, tmp_path / 'cache', stored_frame_size=12)
-    prepared = prepare_lib.prepare(config, progress=False)
+    prepared = cache.prepare(config, progress=False)
     assert prepared.name == 'dfew_f12'
     assert (prepared.metadata['heights'], prepared.metadata['widths']) == ([12, 12], [16, 16])
     image = Image.open(io.BytesIO(stored_frames(prepared, '00001')[2]))
@@ -177,14 +175,14 @@ def test_stored_frame_size_resizes_the_shorter_side(tmp_path, raw_data):
 
 def test_fatal_problems_raise_naming_the_path(tmp_path, raw_data):
     with pytest.raises(SourceError, match=f'dataset root not found: {tmp_path}/missing'):
-        prepare_lib.prepare(make_config(tmp_path / 'missing', tmp_path / 'cache'), progress=False)
+        cache.prepare(make_config(tmp_path / 'missing', tmp_path / 'cache'), progress=False)
     with pytest.raises(SourceError, match=r'data\.root is not set'):
-        prepare_lib.prepare(make_config('', tmp_path / 'cache'), progress=False)
+        cache.prepare(make_config('', tmp_path / 'cache'), progress=False)
     root = raw_data.dfew(tmp_path / 'raw', {1: (2, 0)}, {1: ([1], [])})
     (raw_data.clip_dir(root, 1) / '1_1.jpg').write_bytes(b'garbage')
     with pytest.raises(SourceError, match=f'no usable clips under {root}'):
-        prepare_lib.prepare(make_config(root, tmp_path / 'cache'), progress=False)
-    assert not (prepare_lib.prepared_dir(make_config(root, tmp_path / 'cache'))).exists()
+        cache.prepare(make_config(root, tmp_path / 'cache'), progress=False)
+    assert not (cache.prepared_dir(make_config(root, tmp_path / 'cache'))).exists()
 
 
 def test_synthetic_is_generated_once_into_the_cache(tmp_path, raw_data, monkeypatch):
@@ -198,24 +196,20 @@ def test_synthetic_is_generated_once_into_the_cache(tmp_path, raw_data, monkeypa
         raw_data.dfew(Path(output_dir), clips, {1: (list(clips)[:3], list(clips)[3:])})
         (Path(output_dir) / 'COMPLETE').write_text('')
 
-    fake = types.ModuleType('former_dfer_jax.data.synthetic')
-    fake.generate_dataset = generate_dataset
-    fake.is_complete = lambda output_dir: (Path(output_dir) / 'COMPLETE').exists()
-    monkeypatch.setitem(sys.modules, 'former_dfer_jax.data.synthetic', fake)
-    import former_dfer_jax.data as data_package
-
-    monkeypatch.setattr(data_package, 'synthetic', fake, raising=False)
+    synthetic = cache.synthetic_dataset
+    monkeypatch.setattr(synthetic, 'generate_dataset', generate_dataset)
+    monkeypatch.setattr(synthetic, 'is_complete', lambda root: (Path(root) / 'COMPLETE').exists())
     config = make_config('', tmp_path / 'cache', name='synthetic')
     config.data.synthetic = dict(
         num_clips=5, image_size=24, seed=0, min_frames=3, max_frames=3, imbalance=False
     )
-    prepared = prepare_lib.prepare(config, progress=False)
+    prepared = cache.prepare(config, progress=False)
     assert prepared.name.startswith('synthetic_') and len(prepared.metadata['clip_ids']) == 5
     assert generated == [tmp_path / 'cache' / 'synthetic' / prepared.name[10:] / 'raw']
-    assert prepare_lib.prepare(config, progress=False) is prepared
+    assert cache.prepare(config, progress=False) is prepared
     other = config.copy_and_resolve_references()
     other.data.synthetic.seed = 1
-    assert prepare_lib.builder_config_name(other) != prepared.name
+    assert cache.builder_config_name(other) != prepared.name
     assert len(generated) == 1
 
 
@@ -249,7 +243,7 @@ def test_record_order_survives_tfds_on_disk_buckets(tmp_path, raw_data, monkeypa
     root = raw_data.dfew(tmp_path / 'raw', clips, {1: (list(range(1, 9)), list(range(9, 13)))})
     config = make_config(root, tmp_path / 'cache', image_size=8)
     config.eval_batch_size = 4
-    prepared = prepare_lib.prepare(config, progress=False)
+    prepared = cache.prepare(config, progress=False)
     assert len(prepared.index) == 12  # also checks record i is clip i at both ends
     got = [int(c) for b in pipeline.load(config, 'test') for c in b['clip_id']]
     assert got == [9, 10, 11, 12]

@@ -12,12 +12,13 @@ from PIL import Image
 
 from former_dfer_jax.data import sources
 from former_dfer_jax.data.sources import SourceError
+from former_dfer_jax.video import decode
 
 
 def test_frames_sort_numerically(tmp_path, raw_data):
     raw_data.clip(tmp_path / 'c', 12, clip=7)
     (tmp_path / 'c' / 'notes.txt').write_text('not a frame')
-    names = [p.rsplit('/', 1)[1] for p in sources.list_frames(tmp_path / 'c')]
+    names = [p.rsplit('/', 1)[1] for p in decode.list_frames(tmp_path / 'c')]
     assert names == [f'7_{t}.jpg' for t in range(1, 13)]  # a string sort gives 7_1, 7_10, ...
 
 
@@ -395,7 +396,7 @@ class _FakeFaces:
 
     def extract(self, path, options, *, detector=None, progress=False):
         self.calls.append(str(path))
-        frames = sources.list_frames(path)
+        frames = decode.list_frames(path)
         if str(path).endswith('00003'):
             raise self.VideoError(f'{path}: no face found in any of its {len(frames)} frames')
         size = options.crop_size

@@ -165,7 +165,8 @@ def test_benchmark_train_and_eval_paths_import_without_tensorflow_and_clu_export
         import jax
         from flax import nnx
         from former_dfer_jax import default_config
-        from former_dfer_jax import benchmark, config_checks
+        from former_dfer_jax import benchmark
+        from former_dfer_jax.training import config_checks
         from former_dfer_jax.training import steps
         from former_dfer_jax.models import build_model
 

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from former_dfer_jax.data import extract_faces as ef
+from former_dfer_jax.data import face_extraction as ef
 from former_dfer_jax.data import sources
+from former_dfer_jax.video import decode
 from former_dfer_jax.video.faces import FaceOptions
 from tests import videos
 from tests.test_predict import SquareDetector, square_frames
@@ -128,7 +129,7 @@ def test_clips_are_dfew_style_folders_and_failures_are_reported(tmp_path):
     videos.write_garbage(inputs / 'broken.mp4')
     root = tmp_path / 'root'
     report = extract(inputs, root)
-    frames = sorted(os.listdir(root / 'sub' / 'good'), key=sources.frame_sort_key)
+    frames = sorted(os.listdir(root / 'sub' / 'good'), key=decode.frame_sort_key)
     assert frames == [f'good_{k}.jpg' for k in range(1, 7)]
     with Image.open(root / 'sub' / 'good' / 'good_1.jpg') as image:
         assert image.size == (32, 32) and image.mode == 'RGB'

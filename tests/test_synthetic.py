@@ -16,17 +16,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from former_dfer_jax.data import synthetic
+from former_dfer_jax.data import synthetic_dataset
 from former_dfer_jax.data import synthetic_faces as faces
 
 # Tiny sets keep the whole module at a few seconds on 2 cores.
 TINY = dict(num_clips=35, image_size=24, seed=3, min_frames=6, max_frames=12)
-CLASSES = {name: i for i, name in enumerate(synthetic.CLASS_NAMES)}
+CLASSES = {name: i for i, name in enumerate(synthetic_dataset.CLASS_NAMES)}
 
 
 def read_split(root: Path, fold: int, split: str) -> dict[int, int]:
     """video_name -> label (1..7) of one CSV, checking the exact header and formatting."""
-    with open(synthetic.split_path(root, fold, split), newline='') as f:
+    with open(synthetic_dataset.split_path(root, fold, split), newline='') as f:
         lines = f.read().split('\n')
     assert lines[0] == 'video_name,label'
     assert lines[-1] == ''
@@ -61,7 +61,7 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp('synthetic') / 'dfew'
-    synthetic.generate_dataset(root, **TINY, num_workers=1)
+    synthetic_dataset.generate_dataset(root, **TINY, num_workers=1)
     return root
 
 
@@ -69,7 +69,7 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def test_layout_is_dfews(tiny: Path):
-    assert synthetic.is_complete(tiny)
+    assert synthetic_dataset.is_complete(tiny)
     assert sorted(os.listdir(tiny)) == ['Clip', 'EmoLabel_DataSplit', 'synthetic_dataset.json']
     clips = tiny / 'Clip' / 'clip_224x224'
     assert sorted(os.listdir(clips)) == [f'{i:05d}' for i in range(1, 36)]
@@ -108,7 +108,7 @@ def test_frame_counts_within_bounds_and_varied(tiny: Path):
     counts = [len(os.listdir(clips / d)) for d in os.listdir(clips)]
     assert min(counts) >= TINY['min_frames'] and max(counts) <= TINY['max_frames']
     assert len(set(counts)) >= 3
-    _, lengths, _ = synthetic.plan_dataset(
+    _, lengths, _ = synthetic_dataset.plan_dataset(
         num_clips=5000, seed=0, min_frames=12, max_frames=48, imbalance=False
     )
     assert lengths.min() >= 12 and lengths.max() == 48
@@ -117,21 +117,21 @@ def test_frame_counts_within_bounds_and_varied(tiny: Path):
 
 
 def test_imbalance_follows_dfew_frequencies(tmp_path: Path):
-    balanced = synthetic.class_counts(700, imbalance=False)
-    skewed = synthetic.class_counts(700, imbalance=True)
+    balanced = synthetic_dataset.class_counts(700, imbalance=False)
+    skewed = synthetic_dataset.class_counts(700, imbalance=True)
     assert balanced == [100] * 7
     assert sum(skewed) == 700 and min(skewed) >= 5
     order = np.argsort(skewed)[::-1]
     assert set(order[:2]) == {CLASSES['neutral'], CLASSES['happiness']}
     assert order[-1] == CLASSES['disgust']
-    frequencies = np.asarray(synthetic.class_counts(5000, imbalance=True)) / 5000
-    np.testing.assert_allclose(frequencies, synthetic.DFEW_CLASS_FREQUENCIES, atol=0.01)
+    frequencies = np.asarray(synthetic_dataset.class_counts(5000, imbalance=True)) / 5000
+    np.testing.assert_allclose(frequencies, synthetic_dataset.DFEW_CLASS_FREQUENCIES, atol=0.01)
     # The rare class still has a clip in every fold's test split, and the files follow.
     root = tmp_path / 'imbalanced'
     params = dict(TINY, num_clips=70, image_size=16, min_frames=2, max_frames=3)
-    synthetic.generate_dataset(root, **params, imbalance=True, num_workers=1)
+    synthetic_dataset.generate_dataset(root, **params, imbalance=True, num_workers=1)
     labels = all_labels(root)
-    assert np.bincount(list(labels.values())).tolist() == synthetic.class_counts(70, True)
+    assert np.bincount(list(labels.values())).tolist() == synthetic_dataset.class_counts(70, True)
     for fold in range(1, 6):
         assert set(read_split(root, fold, 'test').values()) == set(range(1, 8))
 
@@ -141,10 +141,10 @@ def test_imbalance_follows_dfew_frequencies(tmp_path: Path):
 
 def test_same_arguments_give_identical_bytes_other_seed_differs(tiny: Path, tmp_path: Path):
     again = tmp_path / 'again'
-    synthetic.generate_dataset(again, **TINY, num_workers=2)  # worker count is irrelevant
+    synthetic_dataset.generate_dataset(again, **TINY, num_workers=2)  # worker count is irrelevant
     assert tree_bytes(again) == tree_bytes(tiny)
     other = tmp_path / 'other'
-    synthetic.generate_dataset(other, **dict(TINY, seed=4), num_workers=1)
+    synthetic_dataset.generate_dataset(other, **dict(TINY, seed=4), num_workers=1)
     a, b = tree_bytes(tiny), tree_bytes(other)
     assert all_labels(tiny) != all_labels(other)
     assert sum(a[k] != b[k] for k in a.keys() & b.keys() if k.endswith('_1.jpg')) == 35
@@ -153,14 +153,14 @@ def test_same_arguments_give_identical_bytes_other_seed_differs(tiny: Path, tmp_
 def test_existing_complete_dataset_is_reused_or_replaced(tmp_path: Path):
     root = tmp_path / 'data'
     params = dict(TINY, image_size=16, min_frames=2, max_frames=3)
-    synthetic.generate_dataset(root, **params, num_workers=1)
-    marker = root / synthetic.MARKER
+    synthetic_dataset.generate_dataset(root, **params, num_workers=1)
+    marker = root / synthetic_dataset.MARKER
     stamp = marker.stat().st_mtime_ns
-    synthetic.generate_dataset(root, **params, num_workers=1)
+    synthetic_dataset.generate_dataset(root, **params, num_workers=1)
     assert marker.stat().st_mtime_ns == stamp, 'same parameters: nothing rewritten'
-    synthetic.generate_dataset(root, **dict(params, seed=9), num_workers=1)
-    assert synthetic.read_info(root)['params']['seed'] == 9
-    assert synthetic.is_complete(root)
+    synthetic_dataset.generate_dataset(root, **dict(params, seed=9), num_workers=1)
+    assert synthetic_dataset.read_info(root)['params']['seed'] == 9
+    assert synthetic_dataset.is_complete(root)
     assert sorted(os.listdir(tmp_path)) == ['data'], 'no temporary directories left behind'
 
 
@@ -224,7 +224,7 @@ def test_classes_are_visible_in_the_frames(tmp_path: Path):
     # of the brow and mouth regions is far above neutral's for the classes that move them.
     root = tmp_path / 'plain'
     size = 32
-    synthetic.generate_dataset(
+    synthetic_dataset.generate_dataset(
         root, num_clips=70, image_size=size, seed=1, min_frames=12, max_frames=16, difficulty=0.0
     )
     regions = {'brow': slice(8, 16), 'mouth': slice(20, 30)}
@@ -297,15 +297,15 @@ def test_masks_show_the_face_its_features_and_the_occluder():
 
 
 def test_clip_masks_are_those_of_the_written_clips(tiny: Path):
-    params = synthetic.read_info(tiny)['params']
+    params = synthetic_dataset.read_info(tiny)['params']
     for clip_id in (1, 2, 3):
-        clip = synthetic.dataset_clip(params, clip_id)
+        clip = synthetic_dataset.dataset_clip(params, clip_id)
         drawn = np.stack(list(faces.render_clip(clip, params['image_size']))).astype(np.float32)
         written = read_clip(tiny, clip_id)
         assert drawn.shape == written.shape
         # JPEG's loss only: measured 3.9-4.6 grey levels on clips 1-5 (another clip: 44-78).
         assert np.abs(drawn - written).mean() < 8
-        masks = synthetic.clip_masks(params, clip_id, frames=[0, len(written) - 1])
+        masks = synthetic_dataset.clip_masks(params, clip_id, frames=[0, len(written) - 1])
         assert {k: v.shape for k, v in masks.items()} == {
             name: (2, params['image_size'], params['image_size']) for name in faces.MASK_NAMES
         }
@@ -328,7 +328,7 @@ def test_clip_masks_are_those_of_the_written_clips(tiny: Path):
 )
 def test_bad_arguments_raise_clear_errors(tmp_path: Path, change: dict, message: str):
     with pytest.raises(ValueError, match=message):
-        synthetic.generate_dataset(tmp_path / 'out', **dict(TINY, **change))
+        synthetic_dataset.generate_dataset(tmp_path / 'out', **dict(TINY, **change))
     assert os.listdir(tmp_path) == []
 
 
@@ -337,32 +337,34 @@ def test_refuses_to_write_into_foreign_directories(tmp_path: Path):
     foreign.mkdir()
     (foreign / 'thesis.tex').write_text('precious')
     with pytest.raises(FileExistsError, match='not a synthetic dataset'):
-        synthetic.generate_dataset(foreign, **TINY)
+        synthetic_dataset.generate_dataset(foreign, **TINY)
     assert os.listdir(foreign) == ['thesis.tex']
     (tmp_path / 'file').write_text('x')
     with pytest.raises(FileExistsError, match='not a directory'):
-        synthetic.generate_dataset(tmp_path / 'file', **TINY)
+        synthetic_dataset.generate_dataset(tmp_path / 'file', **TINY)
     assert sorted(os.listdir(tmp_path)) == ['file', 'mine']
     # An empty directory is fine (e.g. made by mktemp -d).
     empty = tmp_path / 'empty'
     empty.mkdir()
-    synthetic.generate_dataset(empty, **dict(TINY, image_size=16, min_frames=2, max_frames=3))
-    assert synthetic.is_complete(empty)
+    synthetic_dataset.generate_dataset(
+        empty, **dict(TINY, image_size=16, min_frames=2, max_frames=3)
+    )
+    assert synthetic_dataset.is_complete(empty)
 
 
 def test_failed_generation_leaves_nothing_that_looks_complete(tmp_path: Path, monkeypatch):
     root = tmp_path / 'data'
-    write_clip = synthetic._write_clip
+    write_clip = synthetic_dataset._write_clip
 
     def failing(task):
         if task[1] == 20:
             raise RuntimeError('disk full')
         return write_clip(task)
 
-    monkeypatch.setattr(synthetic, '_write_clip', failing)
+    monkeypatch.setattr(synthetic_dataset, '_write_clip', failing)
     with pytest.raises(RuntimeError, match='disk full'):
-        synthetic.generate_dataset(root, **TINY, num_workers=1)
-    assert not synthetic.is_complete(root)
+        synthetic_dataset.generate_dataset(root, **TINY, num_workers=1)
+    assert not synthetic_dataset.is_complete(root)
     assert os.listdir(tmp_path) == [], 'the partial tree is removed'
 
 
@@ -370,15 +372,15 @@ SLOW = dict(num_clips=35, image_size=16, seed=0, min_frames=8, max_frames=12, nu
 
 
 def _generate_and_hang(root: str) -> None:
-    write_clip = synthetic._write_clip
+    write_clip = synthetic_dataset._write_clip
 
     def hanging(task):
         if task[1] == 4:
             time.sleep(120)  # killed here, after 3 clips
         return write_clip(task)
 
-    synthetic._write_clip = hanging
-    synthetic.generate_dataset(root, **SLOW)
+    synthetic_dataset._write_clip = hanging
+    synthetic_dataset.generate_dataset(root, **SLOW)
 
 
 def test_killed_generation_is_detected_and_redone(tmp_path: Path):
@@ -395,11 +397,11 @@ def test_killed_generation_is_detected_and_redone(tmp_path: Path):
     os.kill(child.pid, signal.SIGKILL)
     child.join()
     assert partial, 'the generation did not start'
-    assert not synthetic.is_complete(root) and not root.exists()
+    assert not synthetic_dataset.is_complete(root) and not root.exists()
     # The next run removes the dead run's leftovers (and only those) and finishes.
     (tmp_path / '.data.partial-not-ours').mkdir()
-    synthetic.generate_dataset(root, **SLOW)
-    assert synthetic.is_complete(root)
+    synthetic_dataset.generate_dataset(root, **SLOW)
+    assert synthetic_dataset.is_complete(root)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['.data.partial-not-ours', 'data']
 
 
@@ -414,5 +416,5 @@ def test_command_line(tmp_path: Path):
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert synthetic.is_complete(out)
-    assert synthetic.read_info(out)['params']['num_clips'] == 35
+    assert synthetic_dataset.is_complete(out)
+    assert synthetic_dataset.read_info(out)['params']['num_clips'] == 35

@@ -6,8 +6,10 @@ deterministic, process-sharded tf.data batches.
     for batch in data.load(config, 'train', epoch=3, start_batch=120): ...
 
 Modules: sources (raw layouts -> clip records), frames (prepare-time checks), builder
-(TFDS), prepare (CLI, cache), records (random access), sampling (the frame rule), augment
-(crop / flip / resize), pipeline (tf.data), benchmark (input throughput).
+(TFDS), cache (prepare once, reuse), records (random access), sampling (the frame rule),
+augment (crop / flip / resize), pipeline (tf.data), benchmark (input throughput),
+synthetic_dataset / synthetic_faces (the generated demo dataset), face_extraction (raw
+videos -> face-crop clip folders). Commands: prepare, synthetic, extract_faces.
 """
 
 import importlib

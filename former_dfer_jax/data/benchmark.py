@@ -17,8 +17,8 @@ import numpy as np
 import tensorflow as tf
 
 from former_dfer_jax.data import pipeline, records
+from former_dfer_jax.data.cache import prepare
 from former_dfer_jax.data.frames import DCT_METHOD
-from former_dfer_jax.data.prepare import prepare
 
 
 def benchmark_input(

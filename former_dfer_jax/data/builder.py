@@ -25,9 +25,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
-import tqdm
 from absl import logging as absl_logging
 
+from former_dfer_jax import files
 from former_dfer_jax.data import frames as frames_lib
 from former_dfer_jax.data import sources
 
@@ -162,12 +162,12 @@ class FormerDfer(tfds.core.GeneratorBasedBuilder):
             source.clips,
             self._num_workers,
         )
-        bar = tqdm.tqdm(
+        bar = files.progress(
             encoded_clips,
             total=len(source.clips),
             desc=f'Checking and storing {self.builder_config.name} clips',
             unit=' clips',
-            disable=not self._progress,
+            enabled=self._progress,
         )
         # With shuffling disabled TFDS writes records in key order, but it buckets them by
         # key / 2**128 first: small keys would all land in one bucket that is sorted in

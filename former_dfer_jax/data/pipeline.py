@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from former_dfer_jax.data import augment, records, sampling, sources
-from former_dfer_jax.data.prepare import Prepared, prepare
+from former_dfer_jax.data.cache import Prepared, prepare
 
 SPLITS = ('train', 'validation', 'test')
 # Seed-sequence entries keeping the validation draw, the epoch order and the clips' draws

@@ -17,12 +17,15 @@ unusable (missing root, no split file, a label name the dataset does not have) r
 import collections
 import csv
 import dataclasses
+import json
 import os
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from former_dfer_jax import files
 from former_dfer_jax.errors import UserError
+from former_dfer_jax.video.decode import list_frames
+from former_dfer_jax.video.faces import staged_folder
 
 # The reference code's label order; DFEW's CSVs use 1..7 in the same order.
 CLASS_NAMES: tuple[str, ...] = (
@@ -78,8 +81,6 @@ EMOTION_FOLDERS: dict[str, int] = {
     'disgust': 5,
     'fear': 6,
 }
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
-
 # The absolute prefix of each dataset's annotation lists (the reference's, DFER-CLIP's for
 # MAFW); relative clip paths (those of 'own') are taken relative to the root.
 LIST_PREFIXES = {
@@ -189,29 +190,6 @@ class SourceIndex:
     partitions: dict[str, dict[str, list[str]]]
     report: ProblemReport
     class_names: tuple[str, ...] = CLASS_NAMES  # label i is class_names[i]
-
-
-_LAST_NUMBER = re.compile(r'(\d+)(?!.*\d)')
-
-
-def frame_sort_key(name: str) -> tuple[int, int, str]:
-    """Sort key putting x_2.jpg before x_10.jpg: the last number in the file stem."""
-    stem = os.path.splitext(os.path.basename(name))[0]
-    match = _LAST_NUMBER.search(stem)
-    if match is None:
-        return (1, 0, stem)  # names without a number go last, by name
-    return (0, int(match.group(1)), stem)
-
-
-def list_frames(directory: str | os.PathLike) -> list[str]:
-    """Image files in `directory`, in numeric frame order (non-image files are ignored)."""
-    names = [
-        entry.name
-        for entry in os.scandir(directory)
-        if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS)
-    ]
-    names.sort(key=frame_sort_key)
-    return [os.path.join(directory, name) for name in names]
 
 
 def _require_dir(path: Path, what: str) -> None:
@@ -648,9 +626,6 @@ def _crop_clip(
     record: ClipRecord, target: Path, pipeline, crop_size: int, report: ProblemReport
 ) -> bool:
     """Writes record's face crops into `target` (atomically); False if it has no face."""
-    import json
-    import shutil
-
     faces, VideoError = pipeline
     no_face = target.with_name(target.name + '.noface')
     try:
@@ -659,7 +634,7 @@ def _crop_clip(
     except VideoError as e:
         # Remembered, so that a later prepare skips the clip without detecting again.
         no_face.parent.mkdir(parents=True, exist_ok=True)
-        no_face.write_text(f'{e}\n')
+        files.write_text(no_face, f'{e}\n')
         report.skip(NO_FACE_REASON, str(e))
         return False
     info = {
@@ -668,12 +643,9 @@ def _crop_clip(
         'frames_without_face': sum(1 for f in video.frames if f.get('face') is None),
         'other_faces': len(video.tracking.other_tracks),
     }
-    # A crashed or interrupted pass leaves a hidden temporary folder, never a partial clip.
-    tmp = target.with_name(f'.{target.name}.tmp{os.getpid()}')
-    shutil.rmtree(tmp, ignore_errors=True)
-    faces.save_crops(video, tmp, prefix=target.name, quality=_CROPS_JPEG_QUALITY)
-    (tmp / _FACES_INFO).write_text(json.dumps(info))
-    os.replace(tmp, target)
+    with staged_folder(target) as tmp:  # never a partial clip, even if interrupted
+        faces.save_crops(video, tmp, prefix=target.name, quality=_CROPS_JPEG_QUALITY)
+        Path(tmp, _FACES_INFO).write_text(json.dumps(info))
     _report_faces(info, record.directory, report)
     return True
 
@@ -693,17 +665,13 @@ def crop_faces(
     remembered (`face_dir/<c>.noface` holds the reason): later calls skip it without
     detecting again. Delete face_dir to crop again.
     """
-    import json
-
-    import tqdm
-
     face_dir = Path(face_dir)
     report = index.report
     pipeline = None
     todo = sum(1 for r in index.clips if not (face_dir / r.clip_id).is_dir())
     clips = []
-    bar = tqdm.tqdm(
-        index.clips, desc='Cropping faces', unit=' clips', disable=not (progress and todo)
+    bar = files.progress(
+        index.clips, desc='Cropping faces', unit=' clips', enabled=bool(progress and todo)
     )
     for record in bar:
         target = face_dir / record.clip_id

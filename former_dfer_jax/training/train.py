@@ -28,10 +28,18 @@ from clu import metrics as clu_metrics
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from former_dfer_jax import config_checks, data
+from former_dfer_jax import data
 from former_dfer_jax.errors import UserError
 from former_dfer_jax.models import build_abstract_model, build_model
-from former_dfer_jax.training import checkpointing, evaluation, metrics, run_lock, sharding, steps
+from former_dfer_jax.training import (
+    checkpointing,
+    config_checks,
+    evaluation,
+    metrics,
+    run_lock,
+    sharding,
+    steps,
+)
 from former_dfer_jax.training.results import RunResults
 
 

@@ -20,7 +20,13 @@ from former_dfer_jax.video.decode import (
     read_frames,
 )
 from former_dfer_jax.video.detect import Face, FaceDetector, MtcnnDetector, default_detector
-from former_dfer_jax.video.faces import FaceOptions, FaceVideo, extract_face_video, save_crops
+from former_dfer_jax.video.faces import (
+    FaceOptions,
+    FaceVideo,
+    extract_face_video,
+    save_crops,
+    staged_folder,
+)
 from former_dfer_jax.video.track import Tracking, iou, track_main_face
 
 __all__ = [
@@ -41,5 +47,6 @@ __all__ = [
     'probe',
     'read_frames',
     'save_crops',
+    'staged_folder',
     'track_main_face',
 ]

@@ -3,9 +3,10 @@
 A video file is decoded with PyAV (any container / codec FFmpeg reads); each frame's
 timestamp comes from its own pts, so variable-frame-rate files keep their real times, and
 the rotation a phone records (the display matrix side data) is applied, so frames come out
-upright. A folder of frames (DFEW's `x_y.jpg`, numeric order) reads the same way, at a
-frame rate given by the caller (default 25). Frames are yielded one by one and never held
-together, so a long or huge-resolution video costs one frame of memory here.
+upright. A folder of frames (DFEW's `x_y.jpg`, numeric order: `list_frames`, which the
+data package's readers use too) reads the same way, at a frame rate given by the caller
+(default 25). Frames are yielded one by one and never held together, so a long or
+huge-resolution video costs one frame of memory here.
 
 Every problem a user can cause raises `VideoError` whose message starts with the path.
 """
@@ -14,12 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from former_dfer_jax.data.sources import list_frames
 from former_dfer_jax.errors import UserError
 
 VIDEO_EXTENSIONS = (
@@ -35,6 +36,8 @@ VIDEO_EXTENSIONS = (
     '.flv',
 )
 DEFAULT_FPS = 25.0  # for a folder of frames, and for a video whose rate is not stored
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')  # the frames of a frame folder
+_LAST_NUMBER = re.compile(r'(\d+)(?!.*\d)')
 
 
 class VideoError(UserError):
@@ -64,6 +67,26 @@ class Frame:
     index: int
     time_s: float
     image: np.ndarray
+
+
+def frame_sort_key(name: str) -> tuple[int, int, str]:
+    """Sort key putting x_2.jpg before x_10.jpg: the last number in the file stem."""
+    stem = os.path.splitext(os.path.basename(name))[0]
+    match = _LAST_NUMBER.search(stem)
+    if match is None:
+        return (1, 0, stem)  # names without a number go last, by name
+    return (0, int(match.group(1)), stem)
+
+
+def list_frames(directory: str | os.PathLike) -> list[str]:
+    """Image files in `directory`, in numeric frame order (non-image files are ignored)."""
+    names = [
+        entry.name
+        for entry in os.scandir(directory)
+        if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS)
+    ]
+    names.sort(key=frame_sort_key)
+    return [os.path.join(directory, name) for name in names]
 
 
 def is_video_path(path: str | os.PathLike) -> bool:

@@ -3,6 +3,8 @@
     face_video = extract_face_video('clip.mp4', FaceOptions(detect_every=2), progress=True)
     face_video.crops         # uint8 [n, 256, 256, 3], the frames with a face, in time order
     save_crops(face_video, 'out/clip', prefix='clip')   # out/clip/clip_1.jpg, clip_2.jpg, ...
+    with staged_folder('out/clip') as tmp:               # the same, appearing only complete
+        save_crops(face_video, tmp, prefix='clip')
 
 Two passes over the decoded frames, so that only the crops are ever held (never all the
 full frames): pass 1 decodes and detects (every `detect_every`-th frame, and the last
@@ -14,8 +16,10 @@ DFEW's crops drop them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from math import inf
@@ -24,6 +28,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from former_dfer_jax import files
 from former_dfer_jax.video import align, decode, detect, track
 from former_dfer_jax.video.decode import VideoError, VideoInfo
 from former_dfer_jax.video.detect import Face, FaceDetector
@@ -124,7 +129,12 @@ def extract_face_video(
     detections: list[list[Face] | None] = []
     times: list[float] = []
     pending = None  # the latest frame if it was not detected: detected if it is the last
-    with _progress(progress, info.num_frames, f'faces {os.path.basename(path)}') as bar:
+    with files.progress(
+        total=info.num_frames or None,
+        desc=f'faces {os.path.basename(path)}',
+        unit='frame',
+        enabled=progress,
+    ) as bar:
         for frame in _timed(decode.read_frames(path, fps_for_frames_dir=info.fps), timings):
             times.append(frame.time_s)
             if frame.index % options.detect_every == 0:
@@ -220,6 +230,22 @@ def save_crops(
     return paths
 
 
+@contextlib.contextmanager
+def staged_folder(directory: str | os.PathLike) -> Iterator[str]:
+    """Yields the hidden sibling folder `.<name>.tmp` of `directory` to write a clip into
+    (the leftover of a crashed run is removed first); it is renamed to `directory` when the
+    block succeeds and removed when it fails, so `directory` never holds half a clip."""
+    parent, name = os.path.split(os.path.normpath(directory))
+    tmp = os.path.join(parent, f'.{name}.tmp')
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        os.rename(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _timed(frames: Iterator[decode.Frame], timings: dict) -> Iterator[decode.Frame]:
     """`frames`, adding the time spent producing each one to timings['decode']."""
     while True:
@@ -229,22 +255,3 @@ def _timed(frames: Iterator[decode.Frame], timings: dict) -> Iterator[decode.Fra
         if frame is None:
             return
         yield frame
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-
-def _progress(enabled: bool, total: int, desc: str):
-    if not enabled:
-        return _NoBar()
-    import tqdm
-
-    return tqdm.tqdm(total=total or None, desc=desc, unit='frame')
