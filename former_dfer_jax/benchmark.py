@@ -15,9 +15,9 @@ time (median, min, max, 10th / 90th percentiles), compile time, clips per CPU-se
 (comparable when other jobs share the machine), peak memory (host RSS on CPU, the device's
 peak bytes in use on GPUs), XLA's FLOP count of the step and the GFLOP/s it achieves, and
 the model FLOP utilisation where the device's peak is known. `input` wraps
-`former_dfer_jax.data.benchmark.benchmark_input` (it needs the dataset). `predict` wraps
-`former_dfer_jax.predict.benchmark_predict`: end-to-end frames/s of each stage on a
-generated 640 x 360, 30 fps video of a real face, and the box IoU of the chosen detection
+`former_dfer_jax.data.benchmark.benchmark_input` (it needs the dataset). `predict` times
+`benchmark_predict`: end-to-end frames/s of each stage of `inference.predictor.Predictor` on
+a generated 640 x 360, 30 fps video of a real face, and the box IoU of the chosen detection
 setting against detecting every frame at full size (it imports TensorFlow for MTCNN).
 """
 
@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import resource
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,10 +42,11 @@ import optax
 from absl import app, flags
 from flax import nnx
 
-from former_dfer_jax import cli, config_checks
-from former_dfer_jax.flops import compiled_flops
+from former_dfer_jax import cli, files
+from former_dfer_jax.errors import UserError
 from former_dfer_jax.models import build_model
-from former_dfer_jax.training import steps
+from former_dfer_jax.models.complexity import compiled_flops
+from former_dfer_jax.training import config_checks, steps
 
 WHATS = ('train', 'eval', 'input', 'predict')
 
@@ -233,6 +236,145 @@ def benchmark_input(
     return data_benchmark.benchmark_input(config, num_batches=steps_timed, warmup=warmup)
 
 
+def synthetic_face_video(
+    path: str, *, seconds: float = 10.0, fps: int = 30, size: tuple[int, int] = (640, 360)
+) -> None:
+    """Writes an H.264 video of a real face (scikit-image's astronaut, a 128-pixel patch)
+    moving over a textured canvas along a Lissajous path of period 10 s (up to ~5 pixels
+    a frame at 30 fps)."""
+    import av
+    from PIL import Image
+
+    try:
+        from skimage import data as skimage_data
+    except ImportError as e:
+        raise UserError(
+            "the predict benchmark draws scikit-image's astronaut: pip install "
+            'scikit-image (see requirements-dev.txt)'
+        ) from e
+    face = Image.fromarray(skimage_data.astronaut()[20:220, 130:330]).resize((128, 128))
+    w, h = size
+    rng = np.random.default_rng(0)
+    canvas = (rng.random((h // 8, w // 8, 3)) * 255).astype(np.uint8)
+    background = Image.fromarray(canvas).resize((w, h), Image.Resampling.BILINEAR)
+    n, period = round(seconds * fps), 10.0 * fps
+    with files.atomic_path(path) as tmp, av.open(tmp, 'w') as container:
+        stream = container.add_stream('libx264', rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, 'yuv420p'
+        for i in range(n):
+            phase = 2 * math.pi * i / period
+            x = int((w - 128) * (0.5 + 0.4 * math.sin(phase)))
+            y = int((h - 128) * (0.5 + 0.4 * math.sin(2 * phase)))
+            image = background.copy()
+            image.paste(face, (x, y))
+            for packet in stream.encode(av.VideoFrame.from_image(image)):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def benchmark_predict(
+    config: ml_collections.ConfigDict | None = None,
+    *,
+    seconds: float = 10.0,
+    detect_every: int | None = None,
+    max_side: int | None = None,
+    window_s: float | None = None,
+    stride_s: float | None = None,
+    batch_size: int | None = None,
+    compare_every_frame: bool = True,
+) -> dict[str, Any]:
+    """Times `Predictor.predict` end to end on a generated 640 x 360, 30 fps H.264 video
+    of `seconds` with the model of `config` (default: `default_config`, the reference's
+    Former-DFER at 112 x 112, random weights); frames/s per stage. The detection, window
+    and batch settings default to predict's (`inference.predictor.DEFAULT_*`).
+
+    A first, untimed run on a 1 s clip compiles the model and builds MTCNN. Reported:
+    frames/s of each stage (decoded frames over that stage's seconds) and end to end,
+    and the process CPU seconds (on a shared machine, wall time depends on the others'
+    load; CPU time much less). With `compare_every_frame`, the boxes are compared (IoU)
+    with MTCNN run on every frame at full resolution: the accuracy given up for speed.
+    """
+    from former_dfer_jax.inference import predictor as predicting
+    from former_dfer_jax.video import detect, faces
+
+    if config is None:
+        from former_dfer_jax import default_config
+
+        config = default_config.get_config()
+    detect_every = detect_every or predicting.DEFAULT_DETECT_EVERY
+    max_side = max_side or predicting.DEFAULT_MAX_SIDE
+    model = build_model(config.model, rngs=nnx.Rngs(0))
+    model.eval()
+    predictor = predicting.Predictor(
+        model,
+        sampling=(int(config.data.num_segments), int(config.data.segment_length)),
+        window_s=window_s or predicting.DEFAULT_WINDOW_S,
+        stride_s=stride_s or predicting.DEFAULT_STRIDE_S,
+        batch_size=batch_size or predicting.DEFAULT_BATCH_SIZE,
+        face_options=faces.FaceOptions(detect_every=detect_every, max_side=max_side),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        warm, video = os.path.join(tmp, 'warm.mp4'), os.path.join(tmp, 'video.mp4')
+        synthetic_face_video(warm, seconds=1.0)
+        synthetic_face_video(video, seconds=seconds)
+        predictor.predict(warm)
+        cpu = time.process_time()
+        prediction = predictor.predict(video)
+        cpu = time.process_time() - cpu
+        reference = None
+        if compare_every_frame:
+            reference = faces.extract_face_video(
+                video,
+                faces.FaceOptions(detect_every=1, max_side=10_000),
+                detector=detect.MtcnnDetector(max_side=10_000),
+            ).frames
+    timings = prediction.timings
+    n = prediction.result['num_frames']
+    rates = {k: round(n / s, 1) if s > 0 else float('inf') for k, s in timings.items()}
+    rates['end_to_end'] = rates.pop('total')
+    out: dict[str, Any] = {
+        'what': 'predict',
+        'video': f'640x360, 30 fps, {seconds:g} s ({n} frames), H.264',
+        'detect_every': detect_every,
+        'max_side': max_side,
+        'windows': len(prediction.result['windows']),
+        'face_frames': sum(f['face'] is not None for f in prediction.result['frames']),
+        'cpu_count': os.cpu_count(),
+        'frames_per_s': rates,
+        'seconds': {k: round(v, 3) for k, v in timings.items()},
+        'cpu_seconds': round(cpu, 3),
+        'frames_per_cpu_s': round(n / cpu, 1),
+    }
+    if reference is not None:
+        boxes = [None if f['face'] is None else f['face']['box'] for f in reference]
+        out['iou_vs_every_frame_full_size'] = iou_stats(prediction.result['frames'], boxes)
+    return out
+
+
+def iou_stats(frames: Sequence[dict], boxes: Sequence[Sequence[float] | None]) -> dict[str, Any]:
+    """IoU of each frame's box with a reference box, over the frames where both exist;
+    frames where only one of the two has a face are counted apart."""
+    from former_dfer_jax.video import track
+
+    pairs = [
+        (None if f['face'] is None else f['face']['box'], b)
+        for f, b in zip(frames, boxes, strict=True)
+    ]
+    values = np.array([track.iou(a, b) for a, b in pairs if a is not None and b is not None])
+    out: dict[str, Any] = {
+        'frames': len(values),
+        'only_one_has_a_face': sum((a is None) != (b is None) for a, b in pairs),
+    }
+    if len(values):
+        out.update(
+            mean=round(float(values.mean()), 4),
+            p10=round(float(np.percentile(values, 10)), 4),
+            min=round(float(values.min()), 4),
+        )
+    return out
+
+
 def parse_batch_sizes(values: Sequence[str] | None) -> list[int | None]:
     """['4', '8,16'] -> [4, 8, 16]; none given -> [None] (the config's batch size)."""
     sizes: list[int | None] = []
@@ -261,10 +403,8 @@ def run(
         raise ValueError(f'what={what!r}: expected one of {WHATS}')
     results = []
     if what == 'predict':
-        from former_dfer_jax import predict  # TensorFlow (MTCNN): only for this mode
-
         overrides = {k: v for k, v in (predict_options or {}).items() if v}
-        result = predict.benchmark_predict(config, **overrides)
+        result = benchmark_predict(config, **overrides)
         print(json.dumps(result), flush=True)
         return [result]
     for batch_size in batch_sizes:
@@ -310,6 +450,11 @@ def _define_flags() -> None:
     flags.DEFINE_integer('max_side', 0, 'predict: detect on copies at most this wide (0: default).')
 
 
-if __name__ == '__main__':
+def entry_point() -> None:
+    """The `former-dfer-benchmark` command (also `python -m former_dfer_jax.benchmark`)."""
     _define_flags()
     cli.run(main)
+
+
+if __name__ == '__main__':
+    entry_point()

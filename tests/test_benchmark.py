@@ -85,17 +85,31 @@ def test_parse_batch_sizes():
 
 
 def test_predict_mode_forwards_the_detection_setting_and_prints_one_line(monkeypatch, capsys):
-    from former_dfer_jax import predict
-
     calls = []
 
     def fake_benchmark_predict(config, **options):
         calls.append(options)
         return {'what': 'predict', 'frames_per_s': {'end_to_end': 1.0}}
 
-    monkeypatch.setattr(predict, 'benchmark_predict', fake_benchmark_predict)
+    monkeypatch.setattr(benchmark, 'benchmark_predict', fake_benchmark_predict)
     results = benchmark.run(
         tiny_config(), 'predict', [None], 0, 0, {'detect_every': 3, 'max_side': 0}
     )
     assert calls == [{'detect_every': 3}]  # 0 = benchmark_predict's own default
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == results
+
+
+def test_predict_times_every_stage_of_a_generated_video():
+    result = benchmark.benchmark_predict(tiny_config(), seconds=1.0, compare_every_frame=False)
+    assert result['face_frames'] == 30  # the generated face is found in every frame
+    assert set(result['frames_per_s']) == {'decode', 'detect', 'align', 'model', 'end_to_end'}
+    assert all(rate > 0 for rate in result['frames_per_s'].values())
+    assert (result['detect_every'], result['max_side']) == (5, 320)  # predict's defaults
+
+
+def test_iou_stats_count_the_frames_where_only_one_side_has_a_face():
+    face = {'box': [0.0, 0.0, 10.0, 10.0]}
+    frames = [{'face': face}, {'face': face}, {'face': None}, {'face': None}]
+    boxes = [[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 5.0], [1.0, 1.0, 2.0, 2.0], None]
+    stats = benchmark.iou_stats(frames, boxes)
+    assert stats == {'frames': 2, 'only_one_has_a_face': 1, 'mean': 0.75, 'p10': 0.55, 'min': 0.5}

@@ -1,4 +1,5 @@
-"""predict: a video in, the emotions of its face out (windows, clip result, files, errors).
+"""predict: a video in, the emotions of its face out (`inference.predictor`: windows, clip
+result; `inference.prediction_plots`: files; `predict`: the command, batches, errors).
 
 Most tests use a stand-in detector that finds a magenta square (so they test predict, not
 MTCNN, and run in a fraction of a second per video); the command-line tests run the real
@@ -10,17 +11,21 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
 from PIL import Image
 from scipy import ndimage
 
-from former_dfer_jax import inference, predict
-from former_dfer_jax.data import sampling
+from former_dfer_jax import predict
+from former_dfer_jax.data import sampling, sources
+from former_dfer_jax.inference import class_names_of, open_run, prediction_plots
+from former_dfer_jax.inference import predictor as predicting
 from former_dfer_jax.video import VideoError, faces
 from former_dfer_jax.video.detect import Face
 from tests import videos
+from tests.tiny import OWN_CLASS_NAMES
 
 MAGENTA = (230, 20, 230)
 SIZE = (96, 64)  # (w, h) of the stand-in videos
@@ -61,31 +66,31 @@ FACE_OPTIONS = faces.FaceOptions(crop_size=64, smooth=1)
 
 
 @pytest.fixture(scope='module')
-def model(tiny_run):
+def run(tiny_run):
     _, workdir, _ = tiny_run
-    return predict.load(workdir, 'latest')
+    return open_run(workdir, 'latest')
 
 
 @pytest.fixture(scope='module')
-def predictor(model):
-    return predict.Predictor(*model, face_options=FACE_OPTIONS, detector=SquareDetector())
+def predictor(run):
+    return predicting.Predictor.from_run(run, face_options=FACE_OPTIONS, detector=SquareDetector())
 
 
 # ---- Windows ---------------------------------------------------------------------------
 
 
 def test_windows_cover_the_video_up_to_its_last_frame():
-    assert predict.window_starts(0.0, 10.0, 2.0, 1.0) == [float(s) for s in range(9)]
-    starts = predict.window_starts(0.0, 10.5, 2.0, 1.0)
+    assert predicting.window_starts(0.0, 10.0, 2.0, 1.0) == [float(s) for s in range(9)]
+    starts = predicting.window_starts(0.0, 10.5, 2.0, 1.0)
     assert starts[:9] == [float(s) for s in range(9)] and starts[-1] == pytest.approx(8.5)
-    assert predict.window_starts(0.0, 1.5, 2.0, 1.0) == [0.0]  # shorter: one window
+    assert predicting.window_starts(0.0, 1.5, 2.0, 1.0) == [0.0]  # shorter: one window
 
 
 def test_a_window_is_classified_where_its_frames_mostly_show_the_face():
     times = np.arange(60) / 10.0  # 6 s at 10 fps
     has_face = np.ones(60, bool)
     has_face[25:45] = False  # 2.5 s .. 4.5 s without a face
-    windows, fallback = predict.plan_windows(times, has_face, 10.0, 2.0, 1.0)
+    windows, fallback = predicting.plan_windows(times, has_face, 10.0, 2.0, 1.0)
     assert not fallback
     # Faces in the windows: [0,2) 20/20, [1,3) 15/20, [2,4) 5/20, [3,5) 5/20, [4,6) 15/20.
     assert [(w.start_s, w.end_s) for w in windows] == [(0, 2), (1, 3), (4, 6)]
@@ -96,7 +101,7 @@ def test_a_window_is_classified_where_its_frames_mostly_show_the_face():
 def test_a_face_too_rare_for_any_window_gives_one_window_over_its_frames():
     has_face = np.zeros(60, bool)
     has_face[[10, 11, 40]] = True
-    windows, fallback = predict.plan_windows(np.arange(60) / 10.0, has_face, 10.0, 2.0, 1.0)
+    windows, fallback = predicting.plan_windows(np.arange(60) / 10.0, has_face, 10.0, 2.0, 1.0)
     assert fallback and len(windows) == 1
     np.testing.assert_array_equal(windows[0].face_frames, [10, 11, 40])
     assert (windows[0].start_s, windows[0].end_s) == pytest.approx((1.0, 4.1))
@@ -104,10 +109,10 @@ def test_a_face_too_rare_for_any_window_gives_one_window_over_its_frames():
 
 def test_crops_are_resized_as_the_prepare_step_resizes_dfew_frames():
     crops = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), np.uint8)
-    small = predict.resize_crops(crops, 32)
+    small = predicting.resize_crops(crops, 32)
     expected = np.asarray(Image.fromarray(crops[1]).resize((32, 32), Image.Resampling.BILINEAR))
     np.testing.assert_array_equal(small[1], expected)
-    assert predict.resize_crops(crops, 64) is crops
+    assert predicting.resize_crops(crops, 64) is crops
 
 
 def test_output_folders_are_named_after_the_videos_and_never_collide(tmp_path):
@@ -116,19 +121,21 @@ def test_output_folders_are_named_after_the_videos_and_never_collide(tmp_path):
     assert predict.output_names(paths) == ['a', 'a_2', 'my_video', 'clip']
 
 
-def test_class_names_come_from_the_run(model, tmp_path):
-    _, settings = model
-    assert settings.class_names == predict.sources.CLASS_NAMES  # the tiny run: DFEW's 7
-    assert (settings.num_segments, settings.segment_length) == (2, 2)
+def test_class_names_and_sampling_come_from_the_run(predictor, own_run, tmp_path):
+    assert predictor.class_names == sources.CLASS_NAMES  # the tiny run: DFEW's 7
+    assert (predictor.num_segments, predictor.segment_length) == (2, 2)
+    _, own_dir = own_run
+    own = predicting.Predictor.from_run(open_run(own_dir), detector=SquareDetector())
+    assert own.class_names == OWN_CLASS_NAMES
     import ml_collections
 
     config = ml_collections.ConfigDict(
         {'model': {'num_classes': 3}, 'data': {'name': 'own', 'root': str(tmp_path)}}
     )
     (tmp_path / 'classes.txt').write_text('calm\nangry\nhappy\n')
-    assert predict.class_names_of(str(tmp_path / 'run'), config) == ('calm', 'angry', 'happy')
+    assert class_names_of(str(tmp_path / 'run'), config) == ('calm', 'angry', 'happy')
     config.data.name = 'dfew'
-    assert predict.class_names_of(str(tmp_path / 'run'), config) == (
+    assert class_names_of(str(tmp_path / 'run'), config) == (
         'class_0',
         'class_1',
         'class_2',
@@ -146,10 +153,10 @@ def test_the_result_has_exactly_the_documented_content(predictor, tmp_path):
     positions = [(10 + 2 * t, 12) for t in range(25)]  # 2.5 s at 10 fps
     path = _video(tmp_path, 'face.mp4', positions)
     result = predictor.predict(path).result
-    assert tuple(result) == predict.RESULT_KEYS
+    assert tuple(result) == predicting.RESULT_KEYS
     assert result['video'] == os.path.abspath(path)
     assert (result['fps'], result['num_frames'], result['size']) == (10.0, 25, list(SIZE))
-    assert result['class_names'] == list(predict.sources.CLASS_NAMES)
+    assert result['class_names'] == list(sources.CLASS_NAMES)
     assert [f['index'] for f in result['frames']] == list(range(25))
     assert [f['time_s'] for f in result['frames']] == pytest.approx(np.arange(25) / 10)
     for frame, (x, y) in zip(result['frames'], positions, strict=True):
@@ -170,15 +177,28 @@ def test_the_result_has_exactly_the_documented_content(predictor, tmp_path):
     json.dumps(result)  # plain JSON types throughout
 
 
-def test_window_probabilities_are_the_models_on_the_test_rule_frames(predictor, model, tmp_path):
+def test_a_bare_model_gets_default_names_and_sampling_and_wrong_ones_are_refused(run):
+    bare = predicting.Predictor(run.model, detector=SquareDetector())
+    assert bare.class_names == sources.CLASS_NAMES  # 7 classes: DFEW's
+    assert (bare.num_segments, bare.segment_length) == (2, 2)  # 4 frames: V = 2
+    with pytest.raises(predicting.PredictError, match='3 class names for a model of 7'):
+        predicting.Predictor(run.model, class_names=('a', 'b', 'c'), detector=SquareDetector())
+    with pytest.raises(predicting.PredictError, match='sampling 3 x 1'):
+        predicting.Predictor(run.model, sampling=(3, 1), detector=SquareDetector())
+    with pytest.raises(predicting.PredictError, match='batch_size=0'):
+        predicting.Predictor(run.model, batch_size=0, detector=SquareDetector())
+
+
+def test_window_probabilities_are_the_models_on_the_test_rule_frames(predictor, run, tmp_path):
     path = _video(tmp_path, 'face.mp4', [(5 + 3 * t, 10) for t in range(15)])
     result = predictor.predict(path).result
     (window,) = result['windows']  # 1.5 s: shorter than a window
     # The test rule over the window's 15 face frames, as the eval pipeline samples a clip.
     assert window['frame_indices'] == sampling.sample_frame_indices(15, 2, 2, train=False).tolist()
     video = faces.extract_face_video(path, FACE_OPTIONS, detector=SquareDetector())
-    clip = predict.resize_crops(video.crops, 32)[window['frame_indices']] / np.float32(255)
-    expected = np.asarray(nnx.jit(inference.predict)(model[0], clip[None]))[0]
+    clip = predicting.resize_crops(video.crops, 32)[window['frame_indices']] / np.float32(255)
+    forward = nnx.jit(lambda model, x: jax.nn.softmax(model(x), axis=-1))
+    expected = np.asarray(forward(run.model, clip[None]))[0]
     # The same computation, batched with padding (measured: equal to the last bit on CPU).
     np.testing.assert_allclose(window['probabilities'], expected, rtol=0, atol=1e-6)
 
@@ -233,13 +253,15 @@ def test_a_frames_folder_is_a_video_at_25_fps(predictor, tmp_path):
     assert (result['fps'], result['num_frames']) == (25.0, 5)
 
 
-def test_predict_video_is_the_predictors_result(model, tmp_path):
+def test_predict_video_is_the_predictors_result(run, predictor, tmp_path):
     path = _video(tmp_path, 'face.mp4', [(20, 20)] * 8)
-    result = predict.predict_video(
-        model[0], path, face_options=FACE_OPTIONS, detector=SquareDetector()
-    )
-    assert result['class_names'] == list(predict.sources.CLASS_NAMES)  # a bare model: DFEW's
+    options = {'face_options': FACE_OPTIONS, 'detector': SquareDetector()}
+    result = predicting.predict_video(run, path, **options)
+    assert result['class_names'] == list(sources.CLASS_NAMES)
     assert len(result['windows']) == 1
+    assert result['clip'] == predictor.predict(path).result['clip']
+    bare = predicting.predict_video(run.model, path, **options)  # a bare model: DFEW's names
+    assert bare['class_names'] == result['class_names']
 
 
 # ---- Files and batches ------------------------------------------------------------------
@@ -248,7 +270,7 @@ def test_predict_video_is_the_predictors_result(model, tmp_path):
 def test_the_files_of_a_video(predictor, tmp_path):
     path = _video(tmp_path, 'face.mp4', [(10 + 2 * t, 12) if t < 20 else None for t in range(30)])
     prediction = predictor.predict(path)
-    paths = predict.write_prediction(prediction, str(tmp_path / 'out'), annotate=True)
+    paths = prediction_plots.write_prediction(prediction, str(tmp_path / 'out'), annotate=True)
     with open(paths['prediction']) as f:
         assert json.load(f) == prediction.result
     for picture in ('timeline', 'faces'):
@@ -266,16 +288,16 @@ def test_the_files_of_a_video(predictor, tmp_path):
 
 
 def test_explain_draws_one_picture_per_window_and_leaves_the_json_as_it_is(
-    model, predictor, tmp_path
+    run, predictor, tmp_path
 ):
     path = _video(tmp_path, 'face.mp4', [(10 + 2 * t, 12) for t in range(25)])  # 2 windows
-    explaining = predict.Predictor(
-        *model, face_options=FACE_OPTIONS, detector=SquareDetector(), explain=True
+    explaining = predicting.Predictor.from_run(
+        run, face_options=FACE_OPTIONS, detector=SquareDetector(), explain=True
     )
     assert explaining.explain_stage == 'sformer'  # explain's default: the tiny model has one
     explained = explaining.predict(path)
-    paths = predict.write_prediction(explained, str(tmp_path / 'explained'))
-    plain = predict.write_prediction(predictor.predict(path), str(tmp_path / 'plain'))
+    paths = prediction_plots.write_prediction(explained, str(tmp_path / 'explained'))
+    plain = prediction_plots.write_prediction(predictor.predict(path), str(tmp_path / 'plain'))
     # The probabilities come from the same forward program on the same clips either way.
     with open(paths['prediction'], 'rb') as a, open(plain['prediction'], 'rb') as b:
         assert a.read() == b.read()
@@ -293,14 +315,14 @@ def test_explain_draws_one_picture_per_window_and_leaves_the_json_as_it_is(
         assert picture.grad_cam.min() >= 0 and picture.grad_cam.max() <= 1
         assert picture.occlusion.shape == (4,)
         assert picture.frame_importance.sum() == pytest.approx(1, abs=1e-5)
-    with pytest.raises(predict.PredictError, match='no explanations'):
-        predict.write_explanations(predictor.predict(path), str(tmp_path / 'plain'))
+    with pytest.raises(predicting.PredictError, match='no explanations'):
+        prediction_plots.write_explanations(predictor.predict(path), str(tmp_path / 'plain'))
 
 
 def test_explain_file_names_sort_in_time_order():
     window = {'start_s': 12.0, 'end_s': 14.04}
-    assert predict.explain_file_name(3, window, 10) == 'explain_003_12.0-14.0s.png'
-    assert predict.explain_file_name(3, window, 1001) == 'explain_0003_12.0-14.0s.png'
+    assert prediction_plots.explain_file_name(3, window, 10) == 'explain_003_12.0-14.0s.png'
+    assert prediction_plots.explain_file_name(3, window, 1001) == 'explain_0003_12.0-14.0s.png'
 
 
 def test_a_batch_goes_on_past_bad_videos_and_lists_them(predictor, tmp_path, capsys):
@@ -330,7 +352,7 @@ def test_a_single_bad_video_raises_naming_it(predictor, tmp_path):
     path = _video(tmp_path, 'noface.mp4', [None] * 5)
     with pytest.raises(VideoError, match=r'noface\.mp4: no face'):
         predict.predict_paths(predictor, path, str(tmp_path / 'out'))
-    with pytest.raises(predict.PredictError, match=r'missing\.mp4: no such file'):
+    with pytest.raises(predicting.PredictError, match=r'missing\.mp4: no such file'):
         predict.predict_paths(predictor, str(tmp_path / 'missing.mp4'), str(tmp_path / 'out'))
 
 
@@ -338,7 +360,7 @@ def test_a_batch_where_nothing_works_fails(predictor, tmp_path):
     folder = tmp_path / 'in'
     folder.mkdir()
     videos.write_garbage(folder / 'a.mp4')
-    with pytest.raises(predict.PredictError, match='none of its 1 videos'):
+    with pytest.raises(predicting.PredictError, match='none of its 1 videos'):
         predict.predict_paths(predictor, str(folder), str(tmp_path / 'out'))
 
 
@@ -392,10 +414,16 @@ def test_the_command_predicts_a_folder_of_videos(tiny_run, tmp_path):
     assert 'Traceback' not in single.stderr
 
 
-def test_the_benchmark_times_every_stage_of_a_generated_video():
-    from tests.tiny import tiny_config
-
-    result = predict.benchmark_predict(tiny_config(), seconds=1.0, compare_every_frame=False)
-    assert result['face_frames'] == 30  # the generated face is found in every frame
-    assert set(result['frames_per_s']) == {'decode', 'detect', 'align', 'model', 'end_to_end'}
-    assert all(rate > 0 for rate in result['frames_per_s'].values())
+def test_the_command_writes_the_runs_own_class_names(own_run, tmp_path):
+    _, run_dir = own_run  # 11 classes, none of them DFEW's or MAFW's
+    frames, _ = videos.moving_face_frames(6, size=(160, 120), face_size=50, seed=2)
+    video = videos.write_video(tmp_path / 'face.mp4', frames, fps=6)
+    out = tmp_path / 'out'
+    done = _run_cli(f'--model={run_dir}', f'--input={video}', f'--output={out}')
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((out / 'face' / 'prediction.json').read_text())
+    assert result['class_names'] == list(OWN_CLASS_NAMES)
+    assert len(result['clip']['probabilities']) == len(OWN_CLASS_NAMES) == 11
+    assert all(len(w['probabilities']) == 11 for w in result['windows'])
+    assert result['clip']['label'] in OWN_CLASS_NAMES
+    assert not (out / 'summary.json').exists()  # one video: no batch summary

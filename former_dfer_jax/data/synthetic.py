@@ -9,13 +9,7 @@ import time
 
 from absl import app, flags
 
-# clip_masks, dataset_clip: transitional, for importers not yet moved to synthetic_dataset.
-from former_dfer_jax.data.synthetic_dataset import (  # noqa: F401
-    MIN_CLIPS,
-    clip_masks,
-    dataset_clip,
-    generate_dataset,
-)
+from former_dfer_jax.data.synthetic_dataset import MIN_CLIPS, generate_dataset
 
 
 def _define_flags() -> None:
