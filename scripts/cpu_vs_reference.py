@@ -6,7 +6,7 @@ that a shared machine's drift hits both sides alike.
 Each side runs in its own process (torch and jaxlib in one process slow the reference down:
 measured 2x) and waits, idle, for the driver to ask for its next step.
 
-16 x 112 x 112 clips, batch 4, float32 (the README's CPU comparison). After --warmup steps
+16 x 112 x 112 clips, batch 4, float32 (docs/benchmarks.md's CPU comparison). After --warmup steps
 of each, every pair times one step of each side (the order alternates from pair to pair)
 with the 1-minute load average beside it; printed: one JSON line per pair, then a summary
 line with the median clips/s of each side, the median of the per-pair speed ratios (ours /

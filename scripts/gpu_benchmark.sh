@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The GPU benchmark of the README: ours (train and eval steps, batch 32 / 64 / 128, float32
+# The GPU benchmark of docs/benchmarks.md: ours (train and eval steps, batch 32 / 64 / 128, float32
 # and bfloat16: clips/s, compile time, peak device memory, MFU) beside the authors' PyTorch
 # model (batch 32, float32 and autocast). Under 8 minutes on one H100 / H200.
 #
 #   scripts/gpu_benchmark.sh [OUTPUT_DIR]        (default: gpu_benchmark)
 #
 # Writes OUTPUT_DIR/results.jsonl (one JSON line per setting, both models),
-# OUTPUT_DIR/summary.md (the tables and the ratios the README quotes), OUTPUT_DIR/*.log
+# OUTPUT_DIR/summary.md (the tables and the ratios docs/benchmarks.md quotes), OUTPUT_DIR/*.log
 # (each command's stderr) and OUTPUT_DIR/environment.txt.
 #
 # What the host needs: jax with CUDA (jax[cuda12] or [cuda13]), flax, optax, absl, numpy,

@@ -20,7 +20,7 @@ from former_dfer_jax import files
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-# t-SNE settings: ~2,300 clips x 512 features in well under a minute on 2 cores (README).
+# t-SNE settings: ~2,300 clips x 512 features in well under a minute on 2 cores (docs/explain.md).
 TSNE_PCA_DIMS = 50
 TSNE_PERPLEXITY = 30.0
 TSNE_MAX_ITER = 500
@@ -31,7 +31,7 @@ TSNE_MAX_ITER = 500
 
 def tsne(features: np.ndarray, seed: int = 0) -> np.ndarray:
     """2-D t-SNE of [n, d] features: PCA to 50 dimensions first, 500 iterations (the
-    timing is in the README); small sets get a perplexity below their size."""
+    timing is in docs/explain.md); small sets get a perplexity below their size."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 

@@ -54,7 +54,7 @@ DEFAULT_STRIDE_S = 1.0
 # (DFEW dropped the frames without a face, so its clips are "mostly a face").
 MIN_FACE_FRACTION = 0.5
 DEFAULT_BATCH_SIZE = 4
-# The settings measured to keep predict above real time on 2 cores (see the README part):
+# The settings measured to keep predict above real time on 2 cores (docs/predict.md, "Speed"):
 # MTCNN on a 320-pixel copy every 5th frame, the track filling the frames between.
 DEFAULT_DETECT_EVERY = 5
 DEFAULT_MAX_SIDE = 320
