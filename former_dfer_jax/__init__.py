@@ -10,14 +10,15 @@ Public API (docs/api.md):
     run = open_run('runs/dfew_fd1')     # eval-mode model, config, class names, sampling
 
 Layers, bottom to top (a module imports only from its own layer or below):
-  errors, files, xla_flags, default_config   shared leaves
+  errors, files, run_lock, xla_flags,        shared leaves
+  default_config
   models/                                    the Flax modules
   video/                                     face pipeline: decode, detect, track, align
   data/                                      datasets -> prepared cache -> tf.data
   training/                                  steps, the loop, checkpoints, evaluation
   inference/                                 opening runs, predicting videos, explaining
-  main, evaluate, cross_validate, predict,   thin command lines (with cli, config_checks,
-  explain, convert_torch, benchmark, flops   ablations)
+  main, evaluate, cross_validate, predict,   thin command lines (with cli and ablations)
+  explain, convert_torch, benchmark, flops
 """
 
 __version__ = '0.1.0'

@@ -10,7 +10,7 @@ import pytest
 PACKAGE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'former_dfer_jax'
 )
-LEAVES = ('errors', 'files', 'xla_flags', 'default_config')
+LEAVES = ('errors', 'files', 'run_lock', 'xla_flags', 'default_config')
 # Rank of each layer: a module may import modules of its own rank or lower (models and
 # video are side by side: neither imports the other).
 RANKS = {'leaf': 0, 'models': 1, 'video': 1, 'data': 2, 'training': 3, 'inference': 4, 'top': 5}

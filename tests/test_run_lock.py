@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from former_dfer_jax.errors import UserError
-from former_dfer_jax.training.run_lock import LOCK_FILE, RunLock, RunLockError
+from former_dfer_jax.run_lock import LOCK_FILE, RunLock, RunLockError
 
 
 def _write_lock(workdir, **record) -> str:

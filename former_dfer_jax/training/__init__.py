@@ -2,6 +2,6 @@
 
 Modules: steps (pure train / eval step functions), train (`train_and_evaluate`, the loop),
 evaluation (metrics of a model on a split), checkpointing (Orbax; a run directory's layout),
-run_lock (one trainer per workdir), sharding and distributed (data parallelism over devices
-and hosts), metrics (UAR / WAR / confusion), results (results.json).
+sharding and distributed (data parallelism over devices and hosts), metrics (UAR / WAR /
+confusion), results (results.json). The workdir lock is the shared `former_dfer_jax.run_lock`.
 """

@@ -28,7 +28,7 @@ from clu import metrics as clu_metrics
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from former_dfer_jax import data
+from former_dfer_jax import data, run_lock
 from former_dfer_jax.errors import UserError
 from former_dfer_jax.models import build_abstract_model, build_model
 from former_dfer_jax.training import (
@@ -36,7 +36,6 @@ from former_dfer_jax.training import (
     config_checks,
     evaluation,
     metrics,
-    run_lock,
     sharding,
     steps,
 )
