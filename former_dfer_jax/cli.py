@@ -11,8 +11,9 @@
         entry_point()
 
 `run` prints an `errors.UserError` raised in main as one `error: <message>` line on stderr
-and exits with status 1 (`--verbose` adds the traceback); any other exception is a bug and
-keeps its traceback. Flags are defined only when a module runs as a command, so that the
+and exits with status 1 (`--verbose` adds the traceback); any other exception is a bug:
+one `error:` line too, naming the crash log (crash.log in the output folder) that holds its
+traceback. Flags are defined only when a module runs as a command, so that the
 entry points import side by side.
 """
 
@@ -23,7 +24,9 @@ import logging as std_logging
 import os
 import re
 import sys
+import tempfile
 import textwrap
+import time
 import traceback
 from collections.abc import Callable
 from typing import NoReturn
@@ -32,7 +35,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from former_dfer_jax import default_config, xla_flags
+from former_dfer_jax import default_config, files, xla_flags
 from former_dfer_jax.errors import UserError
 from former_dfer_jax.training import distributed
 
@@ -152,9 +155,48 @@ def _parse_flags(argv: list[str]) -> list[str]:
     return remaining
 
 
+CRASH_LOG = 'crash.log'
+
+
+def _output_dir() -> str | None:
+    """Where the command writes (its --workdir or --output), if it has one and it is set."""
+    for name in ('workdir', 'output'):
+        if name in flags.FLAGS and flags.FLAGS[name].present and flags.FLAGS[name].value:
+            return str(flags.FLAGS[name].value)
+    return None
+
+
+def _write_crash_log(error: BaseException) -> str:
+    """Appends `error`'s traceback (with the command line and time) to crash.log in the
+    command's output folder, else in the temporary folder; returns the log's path."""
+    text = ''.join(traceback.format_exception(error))
+    entry = f'--- {time.strftime("%Y-%m-%d %H:%M:%S")} {" ".join(sys.argv)}\n{text}\n'
+    for directory in (_output_dir(), tempfile.gettempdir()):
+        if directory is None:
+            continue
+        path = os.path.join(os.path.abspath(directory), CRASH_LOG)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            with open(path, 'a') as f:
+                f.write(entry)
+            return path
+        except OSError:
+            continue
+    return '(no crash log: nothing could be written)'
+
+
+def _innermost_line(error: BaseException) -> str:
+    while error.__cause__ or error.__context__:
+        error = error.__cause__ or error.__context__
+    lines = str(error).strip().splitlines()
+    return f'{type(error).__name__}: {lines[0] if lines else ""}'.rstrip(': ')
+
+
 def _report_user_errors(main: Main) -> Main:
-    """`main`, with a UserError it raises printed as one `error:` line on stderr and exit
-    status 1 (after the traceback when --verbose is set)."""
+    """`main`, with what it raises printed as one `error:` line on stderr and exit status
+    1 (the traceback too with --verbose): a UserError as it is; a full disk that no writer
+    foresaw with the free space; any other exception as a bug, its traceback in a crash
+    log."""
 
     @functools.wraps(main)
     def wrapped(argv: list[str]) -> None:
@@ -164,6 +206,20 @@ def _report_user_errors(main: Main) -> Main:
             if flags.FLAGS.verbose:
                 traceback.print_exc()
             _fail(str(e))
+        except app.UsageError:
+            raise  # absl prints the usage
+        except Exception as e:
+            if flags.FLAGS.verbose:
+                traceback.print_exc()
+            if files.is_no_space(e):
+                where = _output_dir() or os.getcwd()
+                _fail(
+                    f'no space left on device ({_innermost_line(e)}); '
+                    f'{files.free_space(where)} free on {os.path.abspath(where)}; '
+                    'free space and run the same command again'
+                )
+            log = _write_crash_log(e)
+            _fail(f'{_innermost_line(e)} (a bug: please report it with {log})')
 
     return wrapped
 

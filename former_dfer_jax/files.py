@@ -61,10 +61,10 @@ def free_space(path: str | os.PathLike) -> str:
     return f'{free:.1f} TB'
 
 
-def no_space(what: str, path: str | os.PathLike, kept: str = '') -> NoSpaceError:
-    """The one-line error for `what` (e.g. 'checkpoint step 32') not written at `path`
-    for want of space, with what was `kept` (e.g. 'step 16 is intact')."""
-    where = os.path.dirname(os.path.abspath(os.fspath(path))) or '/'
+def no_space(what: str, directory: str | os.PathLike, kept: str = '') -> NoSpaceError:
+    """The one-line error for `what` (e.g. 'checkpoint step 32') not written into
+    `directory` for want of space, with what was `kept` (e.g. 'step 16 is intact')."""
+    where = os.path.abspath(os.fspath(directory))
     message = f'{what} not saved: no space left on {where} ({free_space(where)} free)'
     if kept:
         message += f'; {kept}'
@@ -82,7 +82,7 @@ def require_writable(directory: str | os.PathLike, what: str = 'output folder') 
         os.remove(path)
     except OSError as e:
         if is_no_space(e):
-            raise no_space(f'{what} {directory}', os.path.join(directory, '.')) from e
+            raise no_space(f'{what} {directory}', directory) from e
         reason = e.strerror or str(e)
         raise UserError(f'{directory}: cannot write to this {what} ({reason})') from e
 
@@ -104,7 +104,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
             os.remove(tmp)
         if is_no_space(e) and not isinstance(e, NoSpaceError):
             kept = 'the previous file is intact' if os.path.exists(path) else ''
-            raise no_space(path, path, kept) from e
+            raise no_space(path, directory or '.', kept) from e
         raise
 
 

@@ -1,17 +1,20 @@
 """checkpointing: one way to load stored weights, and resuming past damaged checkpoints."""
 
+import errno
 import gc
 import os
 import shutil
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from flax import nnx, traverse_util
 
+from former_dfer_jax import files
 from former_dfer_jax.models import build_model
-from former_dfer_jax.training import checkpointing, steps
+from former_dfer_jax.training import checkpointing, steps, train
 from former_dfer_jax.training.checkpointing import CheckpointError, RunCheckpoints
-from tests.tiny import tiny_config
+from tests.tiny import TINY_RUN_EPOCHS, tiny_config
 
 KEEP_LATEST = 2  # tests/tiny.py: checkpoints/latest holds the last two steps
 
@@ -276,3 +279,55 @@ def test_a_run_written_before_a_config_key_existed_reads_with_that_keys_default(
     config = checkpointing.read_config(str(tmp_path))
     assert config.data.face_crop == default_config.get_config().data.face_crop
     assert config.data.root == '/data/DFEW'  # stored values are kept
+
+
+# ---- A full disk ----------------------------------------------------------------------------
+
+
+def _disk_full_at(monkeypatch, workdir: str, failing_step: int) -> None:
+    """Orbax's save of `failing_step` finds no space: it leaves a partial step directory
+    and surfaces the ENOSPC as its asyncio machinery does, wrapped in another error."""
+    real_save = ocp.CheckpointManager.save
+
+    def save(manager, step, *args, **kwargs):
+        if step != failing_step:
+            return real_save(manager, step, *args, **kwargs)
+        partial = os.path.join(str(manager.directory), f'{step}.orbax-checkpoint-tmp-1')
+        os.makedirs(os.path.join(partial, 'model'))
+        try:
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        except OSError:
+            raise RuntimeError('Event loop is closed')  # noqa: B904 (as Orbax surfaces it)
+
+    monkeypatch.setattr(ocp.CheckpointManager, 'save', save)
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_the_same_command_resumes_to_the_same_end(
+    tiny_run, tmp_path, monkeypatch
+):
+    _, _, uninterrupted = tiny_run
+    config = tiny_config(num_epochs=TINY_RUN_EPOCHS)
+    workdir = str(tmp_path / 'run')
+    last = int(uninterrupted.step)
+    first_epoch_end = last // TINY_RUN_EPOCHS
+    _disk_full_at(monkeypatch, workdir, last)
+
+    with pytest.raises(files.NoSpaceError) as caught:
+        train.train_and_evaluate(config, workdir)
+
+    latest = _latest_dir(workdir)
+    message = str(caught.value)
+    assert '\n' not in message
+    assert message.startswith(f'checkpoint step {last} not saved: no space left on {latest} (')
+    assert message.endswith(
+        f' free); step {first_epoch_end} is intact; free space and run the same command again'
+    )
+    assert os.listdir(latest) == [str(first_epoch_end)]  # the partial step is gone
+    monkeypatch.undo()  # space freed
+
+    resumed = train.train_and_evaluate(config, workdir)
+
+    assert int(resumed.step) == last
+    expected = _flat(steps.model_state_dict(uninterrupted))
+    for key, value in _flat(steps.model_state_dict(resumed)).items():
+        np.testing.assert_array_equal(value, expected[key], err_msg=str(key))

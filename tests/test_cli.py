@@ -1,9 +1,12 @@
-"""The command-line runner: a user's mistake is one `error:` line and exit status 1, a bug
-keeps its traceback, and --verbose shows the traceback of a mistake too."""
+"""The command-line runner: a user's mistake is one `error:` line and exit status 1, so is a
+bug (its traceback in a crash log) and a full disk nobody foresaw; --verbose shows the
+tracebacks too."""
 
+import errno
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 from absl import flags
@@ -64,14 +67,53 @@ def test_verbose_shows_the_traceback_of_a_user_error_too(run):
     assert err.endswith('error: data.root is not set\n  point it at the dataset\n')
 
 
-def test_any_other_exception_is_a_bug_and_keeps_its_traceback():
-    def bug(argv):
-        raise KeyError('oops')
+def _bug(argv):
+    raise KeyError('oops')
 
-    with pytest.raises(KeyError, match='oops'):  # up to Python, which prints the traceback
-        cli.run(bug, argv=['prog'])
-    if flags.FLAGS.is_parsed():
-        flags.FLAGS.unparse_flags()
+
+def test_any_other_exception_is_a_bug_one_line_naming_its_crash_log(run, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))  # a command without an output
+    status, err = run(_bug)
+    log = tmp_path / cli.CRASH_LOG
+    assert status == 1
+    assert err == f"error: KeyError: 'oops' (a bug: please report it with {log})\n"
+    text = log.read_text()
+    assert 'Traceback' in text and 'in _bug' in text and "KeyError: 'oops'" in text
+
+
+def test_a_bugs_crash_log_goes_into_the_commands_output_folder(run, tmp_path):
+    flags.DEFINE_string('output', None, 'where the command writes')
+    try:
+        status, err = run(_bug, f'--output={tmp_path}/out')
+    finally:
+        delattr(flags.FLAGS, 'output')
+    assert status == 1
+    assert err.endswith(f'(a bug: please report it with {tmp_path}/out/{cli.CRASH_LOG})\n')
+    assert 'in _bug' in (tmp_path / 'out' / cli.CRASH_LOG).read_text()
+
+
+def test_verbose_shows_a_bugs_traceback_on_the_terminal_too(run, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
+    status, err = run(_bug, '--verbose')
+    assert status == 1
+    assert 'Traceback' in err and 'in _bug' in err
+    assert err.splitlines()[-1].startswith("error: KeyError: 'oops' (a bug: please report")
+
+
+def test_a_full_disk_no_writer_foresaw_is_one_line_with_the_free_space(run):
+    def full(argv):
+        try:
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        except OSError:
+            raise RuntimeError('Event loop is closed')  # noqa: B904 (as libraries do)
+
+    status, err = run(full)
+    assert status == 1
+    (line,) = err.splitlines()
+    assert line.startswith(
+        'error: no space left on device (OSError: [Errno 28] No space left on device); '
+    )
+    assert line.endswith(f' free on {os.getcwd()}; free space and run the same command again')
 
 
 def test_a_misspelt_config_override_is_one_error_line_with_the_suggestion(run, config_flag):

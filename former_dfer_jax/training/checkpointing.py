@@ -24,12 +24,13 @@ newest cannot be read.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -189,13 +190,46 @@ def _restore(directory: str, step: int, **items: Any) -> Any:
 
 
 class RunCheckpoints:
-    """The latest and the best checkpoints of one run directory."""
+    """The latest and the best checkpoints of one run directory.
+
+    A save that finds the disk full (Orbax reports it late, from its asynchronous writer,
+    often as "Event loop is closed") raises one `files.NoSpaceError` naming the step that
+    was not saved, the free space and the step that is intact, after removing the step's
+    partial files: the same command resumes once space is freed.
+    """
 
     def __init__(self, run_dir: str, *, keep_latest: int = 3):
         self.run_dir = run_dir
         root = os.path.join(run_dir, 'checkpoints')
         self.latest = _manager(os.path.join(root, LATEST), max_to_keep=keep_latest)
         self.best = _manager(os.path.join(root, BEST), max_to_keep=1, best=True)
+        self._unconfirmed: list[int] = []  # steps whose (asynchronous) save may still fail
+
+    @contextlib.contextmanager
+    def _reporting_full_disk(self) -> Iterator[None]:
+        try:
+            yield
+        except Exception as e:
+            if not files.is_no_space(e) or isinstance(e, files.NoSpaceError):
+                raise
+            raise self._no_space_error() from e
+
+    def _no_space_error(self) -> files.NoSpaceError:
+        """Removes the partial step directories and describes what was kept."""
+        directories = (str(self.latest.directory), str(self.best.directory))
+        for directory in directories:
+            if os.path.isdir(directory):
+                for name in os.listdir(directory):
+                    if '.orbax-checkpoint-tmp' in name:
+                        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+        self.latest.reload()
+        saved = set(self.latest.all_steps())
+        lost = [s for s in self._unconfirmed if s not in saved] or self._unconfirmed[-1:]
+        self._unconfirmed = []
+        intact = max(saved - set(lost), default=None)
+        kept = f'step {intact} is intact' if intact is not None else 'no earlier checkpoint'
+        what = f'checkpoint step {lost[0]}' if lost else 'a checkpoint'
+        return files.no_space(what, directories[0], kept)
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
@@ -217,24 +251,26 @@ class RunCheckpoints:
         # Orbax's shared barrier names: there, one manager's save at a time. A single
         # process keeps both in flight, overlapping with training.
         one_at_a_time = jax.process_count() > 1
-        if one_at_a_time:
-            self.best.wait_until_finished()
-        self.latest.save(
-            step,
-            args=ocp.args.Composite(
-                model=model, optimizer=ocp.args.StandardSave(optimizer_state), meta=meta_args
-            ),
-            force=True,
-        )
-        if best_value is not None:
+        self._unconfirmed.append(step)
+        with self._reporting_full_disk():
             if one_at_a_time:
-                self.latest.wait_until_finished()
-            self.best.save(
+                self.best.wait_until_finished()
+            self.latest.save(
                 step,
-                args=ocp.args.Composite(model=model, meta=meta_args),
-                metrics={'value': float(best_value)},
+                args=ocp.args.Composite(
+                    model=model, optimizer=ocp.args.StandardSave(optimizer_state), meta=meta_args
+                ),
                 force=True,
             )
+            if best_value is not None:
+                if one_at_a_time:
+                    self.latest.wait_until_finished()
+                self.best.save(
+                    step,
+                    args=ocp.args.Composite(model=model, meta=meta_args),
+                    metrics={'value': float(best_value)},
+                    force=True,
+                )
 
     def restore_latest(self, model_target: Any, optimizer_target: Any) -> RestoredRun | None:
         """Restores the newest latest-checkpoint that can be read, for resuming.
@@ -314,12 +350,15 @@ class RunCheckpoints:
         self.latest.reload()
 
     def wait_until_finished(self) -> None:
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        with self._reporting_full_disk():
+            self.latest.wait_until_finished()
+            self.best.wait_until_finished()
+        self._unconfirmed = []
 
     def close(self) -> None:
-        self.latest.close()
-        self.best.close()
+        with self._reporting_full_disk():
+            self.latest.close()
+            self.best.close()
 
 
 # ---- Model-only checkpoints (converted weights, inference, fine-tuning) ---------------
