@@ -235,16 +235,10 @@ def run(main: Main, argv: list[str] | None = None) -> None:
 _QUIET_PATHS = ('/orbax/', '/tensorstore/', '/jax/_src/')
 
 
-# Warnings that say nothing to act on: Orbax warns on every read-only manager, which is how
-# predict / explain / evaluate open a run they only read.
-_BENIGN_WARNINGS = ('Given directory is read only',)
-
-
 class _LibraryInfoFilter(std_logging.Filter):
     def filter(self, record: std_logging.LogRecord) -> bool:
-        if record.levelno >= std_logging.WARNING:
-            return not any(text in record.getMessage() for text in _BENIGN_WARNINGS)
-        return not any(part in record.pathname for part in _QUIET_PATHS)
+        quiet = any(part in record.pathname for part in _QUIET_PATHS)
+        return record.levelno >= std_logging.WARNING or not quiet
 
 
 def setup() -> None:

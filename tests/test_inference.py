@@ -47,3 +47,10 @@ def test_predict_gives_the_softmax_of_the_models_logits(tiny_run):
 def test_a_directory_that_is_no_run_is_explained(tmp_path):
     with pytest.raises(checkpointing.CheckpointError, match='neither a run directory'):
         inference.open_run(str(tmp_path))
+
+
+def test_opening_a_run_logs_no_warning(tiny_run, caplog):
+    _, workdir, _ = tiny_run
+    with caplog.at_level('WARNING'):
+        inference.open_run(workdir)
+    assert not [r for r in caplog.records if r.levelname == 'WARNING'], caplog.text

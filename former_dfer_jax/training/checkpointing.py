@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging as std_logging
 import os
 import shutil
 import time
@@ -152,11 +153,28 @@ def _manager(
         # Saves overlap with training; `wait_until_finished` before exiting.
         enable_async_checkpointing=not read_only,
     )
-    return ocp.CheckpointManager(
-        os.path.abspath(directory),
-        options=options,
-        item_names=('model', 'optimizer', 'meta'),
-    )
+    with _without_read_only_warning():
+        return ocp.CheckpointManager(
+            os.path.abspath(directory),
+            options=options,
+            item_names=('model', 'optimizer', 'meta'),
+        )
+
+
+@contextlib.contextmanager
+def _without_read_only_warning() -> Iterator[None]:
+    """Orbax warns "Given directory is read only" for every read-only manager, which is how
+    a run is opened for reading: nothing to act on, so not shown."""
+
+    def keep(record: std_logging.LogRecord) -> bool:
+        return 'Given directory is read only' not in record.getMessage()
+
+    logger = std_logging.getLogger('absl')
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def _describe_failure(error: BaseException) -> str:
