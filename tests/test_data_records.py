@@ -1,5 +1,8 @@
-"""Random access into TFRecord files: the index agrees with TF's own reader."""
+"""Random access into TFRecord files: the index agrees with TF's own reader; damaged
+records are named."""
 
+import dataclasses
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +44,27 @@ def test_truncated_file_is_reported(shards, tmp_path):
     path.write_bytes(path.read_bytes()[:-3])
     with pytest.raises(ValueError, match=f'{files[1]}: truncated TFRecord payload at byte'):
         records.scan_tfrecords(files)
+
+
+def test_damaged_records_are_named(shards):
+    files, payloads = shards
+    index = records.scan_tfrecords(files)
+    checksums = [zlib.crc32(p) for p in payloads]
+    index = dataclasses.replace(index, checksums=np.asarray(checksums, np.int64))
+    assert index.read(9) == payloads[9] and records.verify(files[1], 7) is None
+    path = Path(files[1])
+    data = bytearray(path.read_bytes())
+    offset = int(index.offsets[9])  # record 9 is the third of file 1
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(
+        records.DamagedFileError, match=f'^{files[1]}: corrupted record at {offset}$'
+    ):
+        index.read(9)
+    assert records.verify(files[1], 7) == f'corrupted record at {offset}'
+    assert records.verify(files[0], 8) == '7 records, not the 8 written'
+    path.write_bytes(bytes(data[: offset + 3]))
+    with pytest.raises(
+        records.DamagedFileError, match=f'^{files[1]}: truncated record at {offset}$'
+    ):
+        records.read_record(files[1], offset, index.lengths[9])

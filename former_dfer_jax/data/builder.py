@@ -11,7 +11,9 @@ so storing each fold separately would cost five times the disk for nothing.
 Each example holds all of a clip's frames as encoded JPEG bytes (`frames`, a string
 vector), so the input pipeline gathers the sampled frames and decodes only those.
 Metadata (metadata.json, written by TFDS with the data, atomically): clip ids, labels,
-frame counts and sizes, partitions, the problem report, and the source it was built from.
+frame counts and sizes, partitions, the problem report, the source it was built from, and
+what opening it checks: each record file's size (`shard_bytes`) and each record's CRC-32
+(`record_crc32`, read back once the records are written).
 """
 
 import collections
@@ -29,7 +31,7 @@ from absl import logging as absl_logging
 
 from former_dfer_jax import files
 from former_dfer_jax.data import frames as frames_lib
-from former_dfer_jax.data import sources
+from former_dfer_jax.data import records, sources
 
 METADATA_FORMAT = 1
 SPLIT = 'clips'
@@ -132,6 +134,20 @@ class FormerDfer(tfds.core.GeneratorBasedBuilder):
             ),
             metadata=tfds.core.MetadataDict(),
             disable_shuffling=True,
+        )
+
+    def _download_and_prepare(self, dl_manager, download_config) -> None:
+        super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
+        # Written into the temporary folder, before TFDS writes the metadata there.
+        index = records.scan_tfrecords(self.info.splits[SPLIT].filepaths)
+        self.info.metadata.update(
+            {
+                'shard_bytes': {
+                    os.path.basename(path): int(size)
+                    for path, size in zip(index.files, index.file_sizes, strict=True)
+                },
+                'record_crc32': records.payload_checksums(index).tolist(),
+            }
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):

@@ -15,6 +15,8 @@ crop window and flip (augment.py) come from row `record index` of a uniform matr
 from a generator seeded by (seed, epoch), so they depend on (seed, epoch, clip) only: the
 same batches run after run, whatever the parallelism, process count or start_batch.
 tf.data then only reads, decodes the sampled frames, crops, resizes, flips and batches.
+A read that fails on damaged records (a checksum, a file cut short or removed) is raised as
+the UserError naming the file and the command that prepares the data again (cache.py).
 """
 
 import dataclasses
@@ -181,7 +183,19 @@ def load(
     local_order = order[start_batch:, rows].reshape(-1)
     local_mask = mask[start_batch:, rows].reshape(-1)
     dataset = _make_dataset(prepared, config, local_order, local_mask, train, epoch, b)
-    return dataset.as_numpy_iterator()
+    return _naming_damage(prepared, dataset.as_numpy_iterator())
+
+
+def _naming_damage(prepared: Prepared, batches: Iterator) -> Iterator[dict[str, np.ndarray]]:
+    """`batches`; where reading fails, the damaged record file is looked for (a full read)
+    and, when found, named in the error."""
+    try:
+        yield from batches
+    except tf.errors.OpError as e:
+        damage = prepared.verify()
+        if damage is None:
+            raise
+        raise prepared.damaged(damage) from e
 
 
 def clip_plans(
