@@ -12,7 +12,9 @@ model's rows above) with `heatmaps/index.csv`, and a TensorBoard projector expor
 each run (<run>/plugins/org_tensorflow_tensorboard_projector/: `tensorboard --logdir RUN`,
 Projector tab). Class names are the run's own. On the synthetic dataset,
 `--ground_truth=conv3,sformer` also measures the heatmaps' mass on the generator's face /
-feature / occluder masks (ground_truth.json).
+feature / occluder masks (ground_truth.json). One explain at a time writes into an output
+folder (`<output>/run.lock`, as the trainer's workdir lock): a second is refused, naming
+the first; a read-only one is refused too, before any run is opened.
 
 The explanations themselves are in `inference.explanations`, the pictures in
 `inference.explanation_plots`.
@@ -32,7 +34,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from former_dfer_jax import cli, files
+from former_dfer_jax import cli, files, run_lock
 from former_dfer_jax.inference import Run, open_run
 from former_dfer_jax.inference import explanation_plots as plots
 from former_dfer_jax.inference import explanations as ex
@@ -205,41 +207,44 @@ def main(argv: list[str]) -> None:
             raise ex.ExplainError(
                 f'--ground_truth: stage {stage!r}: expected {", ".join(ex.STAGES)}'
             )
-    runs = [_open(FLAGS.model, FLAGS.checkpoint, FLAGS.stage)]
-    if FLAGS.compare:
-        baseline = _open(FLAGS.compare, FLAGS.checkpoint, FLAGS.compare_stage)
-        if baseline.name == runs[0].name:
-            baseline.name += ' (compare)'
-        ex.check_comparable(runs[0].run, baseline.run)
-        runs.insert(0, baseline)  # drawn above the explained model
-    os.makedirs(FLAGS.output, exist_ok=True)
+    with run_lock.output_lock(FLAGS.output, 'explain'):
+        runs = [_open(FLAGS.model, FLAGS.checkpoint, FLAGS.stage)]
+        if FLAGS.compare:
+            baseline = _open(FLAGS.compare, FLAGS.checkpoint, FLAGS.compare_stage)
+            if baseline.name == runs[0].name:
+                baseline.name += ' (compare)'
+            ex.check_comparable(runs[0].run, baseline.run)
+            runs.insert(0, baseline)  # drawn above the explained model
 
-    extremes = ex.Extremes(FLAGS.clips)
-    split = _split_pass(runs, FLAGS.split, extremes)
-    _write_features(os.path.join(FLAGS.output, 'features.npz'), runs, split)
-    tsne_started = time.perf_counter()
-    _write_tsne(os.path.join(FLAGS.output, 'tsne.png'), runs, split, FLAGS.split, FLAGS.seed)
-    tsne_seconds = time.perf_counter() - tsne_started
-    _write_projectors(runs, split, FLAGS.split)
-    pictures = _write_heatmaps(
-        os.path.join(FLAGS.output, 'heatmaps'),
-        runs,
-        split,
-        extremes,
-        batch_size=FLAGS.batch_size,
-        target=FLAGS.target,
-    )
-    if FLAGS.ground_truth:
-        table = _write_ground_truth(
-            os.path.join(FLAGS.output, 'ground_truth.json'), runs, FLAGS.split, FLAGS.ground_truth
+        extremes = ex.Extremes(FLAGS.clips)
+        split = _split_pass(runs, FLAGS.split, extremes)
+        _write_features(os.path.join(FLAGS.output, 'features.npz'), runs, split)
+        tsne_started = time.perf_counter()
+        _write_tsne(os.path.join(FLAGS.output, 'tsne.png'), runs, split, FLAGS.split, FLAGS.seed)
+        tsne_seconds = time.perf_counter() - tsne_started
+        _write_projectors(runs, split, FLAGS.split)
+        pictures = _write_heatmaps(
+            os.path.join(FLAGS.output, 'heatmaps'),
+            runs,
+            split,
+            extremes,
+            batch_size=FLAGS.batch_size,
+            target=FLAGS.target,
         )
-        print(f'Heatmap mass on the ground truth, percent ({FLAGS.split} split):\n{table}')
-    print(
-        f'{len(split["labels"])} clips of {FLAGS.split}: features.npz, tsne.png '
-        f'(t-SNE {tsne_seconds:.1f} s), {pictures} heatmap pictures in {FLAGS.output}; '
-        f'projector: tensorboard --logdir {runs[-1].run.run_dir} '
-        f'({time.perf_counter() - started:.0f} s in all)'
-    )
+        if FLAGS.ground_truth:
+            table = _write_ground_truth(
+                os.path.join(FLAGS.output, 'ground_truth.json'),
+                runs,
+                FLAGS.split,
+                FLAGS.ground_truth,
+            )
+            print(f'Heatmap mass on the ground truth, percent ({FLAGS.split} split):\n{table}')
+        print(
+            f'{len(split["labels"])} clips of {FLAGS.split}: features.npz, tsne.png '
+            f'(t-SNE {tsne_seconds:.1f} s), {pictures} heatmap pictures in {FLAGS.output}; '
+            f'projector: tensorboard --logdir {runs[-1].run.run_dir} '
+            f'({time.perf_counter() - started:.0f} s in all)'
+        )
 
 
 def _define_flags() -> None:

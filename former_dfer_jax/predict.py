@@ -9,7 +9,9 @@ Former-DFER -> JSON and pictures.
 `<output>/<video stem>/` gets `prediction.json`, `timeline.png`, `faces.png` (and
 `annotated.mp4` with `--annotate`, and one `explain_<window>_<start>-<end>s.png` per window
 with `--explain`: `explain`'s heatmap strip of the window's frames); a batch also gets
-`<output>/summary.json`. The class names are the run's own.
+`<output>/summary.json`. The class names are the run's own. One predict at a time writes
+into an output folder (`<output>/run.lock`, as the trainer's workdir lock): a second is
+refused, naming the first; a read-only one is refused too, before the model is loaded.
 
 How a video is predicted: `inference.predictor`; its files: `inference.prediction_plots`.
 """
@@ -24,7 +26,7 @@ from typing import Any
 
 from absl import app, flags
 
-from former_dfer_jax import cli, files
+from former_dfer_jax import cli, files, run_lock
 from former_dfer_jax.errors import UserError
 from former_dfer_jax.inference import explanations, open_run
 from former_dfer_jax.inference import predictor as predicting
@@ -153,17 +155,20 @@ def main(argv: list[str]) -> None:
     if FLAGS.explain_stage and not FLAGS.explain:
         raise PredictError(f'--explain_stage={FLAGS.explain_stage}: set --explain too')
     list_inputs(FLAGS.input)  # a missing input fails before the model is loaded
-    predictor = Predictor.from_run(
-        open_run(FLAGS.model, FLAGS.checkpoint),
-        window_s=FLAGS.window_s,
-        stride_s=FLAGS.stride_s,
-        batch_size=FLAGS.batch_size,
-        face_options=faces.FaceOptions(detect_every=FLAGS.detect_every, max_side=FLAGS.max_side),
-        explain=FLAGS.explain,
-        explain_stage=FLAGS.explain_stage,
-    )
-    print(f'warm-up (detector, model compilation): {predictor.warm_up():.1f} s')
-    predict_paths(predictor, FLAGS.input, FLAGS.output, annotate=FLAGS.annotate)
+    with run_lock.output_lock(FLAGS.output, 'predict'):  # so does a locked or read-only one
+        predictor = Predictor.from_run(
+            open_run(FLAGS.model, FLAGS.checkpoint),
+            window_s=FLAGS.window_s,
+            stride_s=FLAGS.stride_s,
+            batch_size=FLAGS.batch_size,
+            face_options=faces.FaceOptions(
+                detect_every=FLAGS.detect_every, max_side=FLAGS.max_side
+            ),
+            explain=FLAGS.explain,
+            explain_stage=FLAGS.explain_stage,
+        )
+        print(f'warm-up (detector, model compilation): {predictor.warm_up():.1f} s')
+        predict_paths(predictor, FLAGS.input, FLAGS.output, annotate=FLAGS.annotate)
 
 
 def _define_flags() -> None:

@@ -1,17 +1,22 @@
-"""One training run per workdir at a time: `workdir/run.lock`.
+"""One run per workdir or output folder at a time: `<folder>/run.lock`.
 
-    with run_lock.RunLock(workdir):
+    with run_lock.RunLock(workdir):      # the trainer
         ...  # train
+    with run_lock.output_lock(out, 'predict'):   # a single-process tool's output folder
+        ...  # write into out/
 
-Two runs writing the same checkpoints and results would corrupt each other. The lock is a
-file created atomically (O_CREAT | O_EXCL) holding JSON {host, pid, started}. A lock left
-behind by a run that died is taken over when it is provably stale: written on this host
-by a process that no longer exists. A lock written on another host is never judged stale
-(its process cannot be checked from here): the message says to remove the file if that
-run is dead.
+Two runs writing the same files (checkpoints and results, face crops, predictions) would
+corrupt each other. The lock is a file created atomically (O_CREAT | O_EXCL) holding JSON
+{host, pid, started, what}. A second run is refused in one line naming the holder (what
+it is, host, pid, start time) and the fix. A lock left behind by a run that died is taken
+over when it is provably stale: written on this host by a process that no longer exists.
+A lock written on another host is never judged stale (its process cannot be checked from
+here): the message says to remove the file if that run is dead.
 
-Across processes, only process 0 takes the file; every process enters and leaves the
-`with` block together, and all of them raise when process 0 could not take the lock.
+The trainer's lock (`across_processes=True`, the default) spans a multi-process run: only
+process 0 takes the file; every process enters and leaves the `with` block together, and
+all of them raise when process 0 could not take the lock. The single-process tools'
+locks (`output_lock`) leave the other processes out (and do not even import JAX).
 """
 
 from __future__ import annotations
@@ -24,17 +29,26 @@ import socket
 import time
 from typing import Any
 
-import jax
-import numpy as np
 from absl import logging
 
+from former_dfer_jax import files
 from former_dfer_jax.errors import UserError
 
 LOCK_FILE = 'run.lock'
 
 
 class RunLockError(UserError):
-    """The workdir is in use by another run (or its lock file cannot be read)."""
+    """The folder is in use by another run (or its lock file cannot be read)."""
+
+
+def output_lock(
+    directory: str | os.PathLike, tool: str, folder: str = '--output folder'
+) -> RunLock:
+    """The lock of the single-process `tool` (e.g. 'predict') writing into `directory`, to
+    enter around its work. `directory` is created now if needed and refused now, in one
+    line, if nothing can be written there: call this before any work."""
+    files.require_writable(directory, f'{tool} {folder}')
+    return RunLock(directory, what=f'{tool} run', folder=folder, across_processes=False)
 
 
 def _alive(pid: int) -> bool:
@@ -49,11 +63,25 @@ def _alive(pid: int) -> bool:
 
 
 class RunLock:
-    """Context manager holding `workdir/run.lock` for the duration of a run."""
+    """Context manager holding `<folder>/run.lock` for the duration of a run.
 
-    def __init__(self, workdir: str):
-        self.workdir = workdir
-        self.path = os.path.join(workdir, LOCK_FILE)
+    `what` names the run in messages and in the file (a second run reads it there: 'in use
+    by another extract_faces run'); `folder` is what the fix says to change ('use another
+    workdir').
+    """
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        *,
+        what: str = 'training run',
+        folder: str = 'workdir',
+        across_processes: bool = True,
+    ):
+        self.workdir = os.fspath(workdir)
+        self.path = os.path.join(self.workdir, LOCK_FILE)
+        self.what, self.folder = what, folder
+        self.across_processes = across_processes
         self._record: dict[str, Any] | None = None  # what we wrote, while we hold it
 
     def __enter__(self) -> RunLock:
@@ -65,6 +93,12 @@ class RunLock:
 
     def acquire(self) -> None:
         """Takes the lock (process 0); every process raises RunLockError if it failed."""
+        if not self.across_processes:
+            self._take()
+            return
+        import jax
+        import numpy as np
+
         error: RunLockError | None = None
         if jax.process_index() == 0:
             try:
@@ -100,6 +134,7 @@ class RunLock:
             'host': socket.gethostname(),
             'pid': os.getpid(),
             'started': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+            'what': self.what,
         }
         for _ in range(3):  # a stale lock removed, then another run may win the race
             try:
@@ -128,10 +163,10 @@ class RunLock:
                 return  # released meanwhile
             raise RunLockError(
                 f'{self.workdir}: the lock file {self.path} is unreadable; if no run uses '
-                'this workdir, remove it'
+                f'this {self.folder}, remove it'
             )
         host, pid = holder.get('host'), holder.get('pid')
-        started = holder.get('started', '?')
+        started, what = holder.get('started', '?'), holder.get('what', self.what)
         here = socket.gethostname()
         if host == here and isinstance(pid, int) and not _alive(pid):
             logging.warning(
@@ -150,14 +185,14 @@ class RunLock:
         if host != here:
             fix = (
                 'it runs on another host, which this one cannot check: if that run is dead, '
-                f'remove {self.path}; otherwise wait for it or use another workdir'
+                f'remove {self.path}; otherwise wait for it or use another {self.folder}'
             )
         elif pid == os.getpid():
             fix = 'this process already holds it (RunLock entered twice)'
         else:
-            fix = 'wait for it to finish or stop it, or use another workdir'
+            fix = f'wait for it to finish or stop it, or use another {self.folder}'
         raise RunLockError(
-            f'{self.workdir} is in use by another training run (host {host}, pid {pid}, '
+            f'{self.workdir} is in use by another {what} (host {host}, pid {pid}, '
             f'started {started}, lock file {self.path}): {fix}'
         )
 

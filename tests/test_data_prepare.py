@@ -1,6 +1,8 @@
 """Prepare: bad frames reported and handled, atomic builds, cache location, config names."""
 
 import io
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,9 @@ from former_dfer_jax import default_config
 from former_dfer_jax.data import cache, pipeline
 from former_dfer_jax.data import frames as frames_lib
 from former_dfer_jax.data.sources import SourceError
+from former_dfer_jax.run_lock import LOCK_FILE
+from tests.test_cli import run_entry_point
+from tests.test_run_lock import live_lock, read_only
 
 
 def make_config(root, cache_dir, **data):
@@ -232,6 +237,43 @@ def test_command_line(tmp_path, raw_data):
     assert result.returncode == 0, result.stderr[-2000:]
     assert f'dfew_f112: {tmp_path}/cache/tfds/former_dfer/dfew_f112/1.0.0' in result.stdout
     assert '2 clips OK, 0 skipped.' in result.stdout
+
+
+@pytest.mark.parametrize('why', ['locked', 'read-only'])
+def test_a_second_prepare_or_a_read_only_cache_is_refused_in_one_line(
+    tmp_path, raw_data, monkeypatch, capsys, why
+):
+    from former_dfer_jax.data import prepare as command
+
+    def no_prepare(config):
+        raise AssertionError('prepared')
+
+    monkeypatch.setattr(command, 'prepare', no_prepare)
+    root = raw_data.dfew(tmp_path / 'raw', {1: (3, 0), 2: (3, 1)}, {1: ([1], [2])})
+    args = (
+        f'--config={Path(__file__).parent.parent / "configs" / "dfew.py"}',
+        f'--config.data.root={root}',
+        f'--config.data.cache_dir={tmp_path / "cache"}',
+    )
+    folder = tmp_path / 'cache' / 'tfds' / 'former_dfer' / 'dfew_f112'
+    if why == 'read-only':
+        read_only(monkeypatch, tmp_path / 'cache')
+        assert run_entry_point(command, *args) == 1
+        expected = (
+            f'error: {folder}: cannot write to this data.prepare cache folder '
+            '(data.cache_dir) (Read-only file system)'
+        )
+    else:
+        with live_lock(folder, what='data.prepare run') as pid:
+            assert run_entry_point(command, *args) == 1
+        expected = (
+            f'error: {folder} is in use by another data.prepare run (host '
+            f'{socket.gethostname()}, pid {pid}, started 2024-01-01T00:00:00, lock file '
+            f'{folder / LOCK_FILE}): wait for it to finish or stop it, or use another cache '
+            'folder (data.cache_dir)'
+        )
+        assert os.listdir(folder) == [LOCK_FILE]
+    assert capsys.readouterr().err.strip().splitlines() == [expected]
 
 
 def test_record_order_survives_tfds_on_disk_buckets(tmp_path, raw_data, monkeypatch):

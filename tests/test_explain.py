@@ -7,14 +7,18 @@ import csv
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from former_dfer_jax import explain
 from former_dfer_jax.inference import explanation_plots
+from former_dfer_jax.run_lock import LOCK_FILE
 from tests.test_cli import run_entry_point
+from tests.test_run_lock import live_lock, read_only
 from tests.tiny import OWN_CLASS_NAMES
 
 
@@ -122,4 +126,30 @@ def test_compare_refuses_runs_of_other_class_names(own_run, tmp_path, capsys):
     assert len(error) == 1, error
     assert error[0].startswith(f'error: --compare={other}: its classes (other_0, ')
     assert f'those of {run_dir} (calm, amused, ' in error[0]
-    assert not out.exists()  # refused before anything is written
+    assert os.listdir(out) == []  # refused before anything is written
+
+
+@pytest.mark.parametrize('why', ['locked', 'read-only'])
+def test_a_locked_or_read_only_output_is_refused_before_any_run_is_opened(
+    tmp_path, monkeypatch, capsys, why
+):
+    def no_run(*args, **kwargs):
+        raise AssertionError('a run was opened')
+
+    monkeypatch.setattr(explain, 'open_run', no_run)
+    out = tmp_path / 'explain'
+    args = ('--model=runs/none', f'--output={out}')
+    if why == 'read-only':
+        read_only(monkeypatch, out)
+        assert run_entry_point(explain, *args) == 1
+        expected = f'error: {out}: cannot write to this explain --output folder (Read-only '
+        expected += 'file system)'
+    else:
+        with live_lock(out, what='explain run') as pid:
+            assert run_entry_point(explain, *args) == 1
+        expected = (
+            f'error: {out} is in use by another explain run (host {socket.gethostname()}, pid '
+            f'{pid}, started 2024-01-01T00:00:00, lock file {out / LOCK_FILE}): wait for it '
+            'to finish or stop it, or use another --output folder'
+        )
+    assert capsys.readouterr().err.strip().splitlines() == [expected]

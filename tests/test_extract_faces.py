@@ -6,8 +6,11 @@ the command with MTCNN on real faces, trains one tiny epoch on its output and ev
 """
 
 import dataclasses
+import errno
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 
@@ -15,12 +18,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from former_dfer_jax import files
+from former_dfer_jax.data import extract_faces as command
 from former_dfer_jax.data import face_extraction as ef
 from former_dfer_jax.data import sources
-from former_dfer_jax.video import decode
+from former_dfer_jax.errors import UserError
+from former_dfer_jax.run_lock import LOCK_FILE
+from former_dfer_jax.video import decode, faces
 from former_dfer_jax.video.faces import FaceOptions
 from tests import videos
+from tests.test_cli import run_entry_point
 from tests.test_predict import SquareDetector, square_frames
+from tests.test_run_lock import dead_pid, live_lock, read_only, write_lock
 
 SETTINGS = ef.ExtractSettings(min_frames=3, face_options=FaceOptions(crop_size=32))
 
@@ -160,6 +169,117 @@ def test_a_rerun_skips_finished_clips_and_redoes_half_written_ones(tmp_path):
     assert not (root / '.b.tmp').exists()
 
 
+def four_videos(tmp_path):
+    inputs = tmp_path / 'in'
+    inputs.mkdir()
+    for name in ('v1', 'v2', 'v3', 'v4'):
+        square_video(inputs / f'{name}.mp4', 4)
+    return inputs
+
+
+def test_a_resubmitted_run_while_the_first_runs_is_refused_in_one_line(tmp_path, capsys):
+    inputs, root = four_videos(tmp_path), tmp_path / 'root'
+    with live_lock(root, what='extract_faces run') as pid:
+        status = run_entry_point(command, f'--input={inputs}', f'--output={root}')
+    assert status == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == [
+        f'error: {root} is in use by another extract_faces run (host {socket.gethostname()}, '
+        f'pid {pid}, started 2024-01-01T00:00:00, lock file {root / LOCK_FILE}): wait for it '
+        'to finish or stop it, or use another --output folder'
+    ]
+    assert os.listdir(root) == [LOCK_FILE]  # nothing written; the first run's lock kept
+
+
+def test_a_dead_runs_lock_is_taken_over_and_its_clips_are_reported_as_there(tmp_path, caplog):
+    inputs, root = four_videos(tmp_path), tmp_path / 'root'
+    extract(inputs, root)
+    # The first run was killed after its last clip: its lock and a staging folder remain.
+    write_lock(str(root), pid=dead_pid(), what='extract_faces run')
+    shutil.copytree(root / 'v1', root / '.v1.tmp')
+    with caplog.at_level('WARNING'):
+        report = extract(inputs, root)
+    assert 'Taking over the stale lock' in caplog.text
+    assert [e['clip'] for e in report['existing']] == ['v1', 'v2', 'v3', 'v4']
+    assert report['extracted'] == report['failed'] == []
+    assert all(e['num_frames'] == 4 for e in report['existing'])
+    assert sorted(os.listdir(root)) == ['extract_faces.json', 'v1', 'v2', 'v3', 'v4']
+
+
+def test_a_clip_finished_meanwhile_by_another_writer_is_kept_and_counted_there(
+    tmp_path, monkeypatch
+):
+    inputs, root = four_videos(tmp_path), tmp_path / 'root'
+    save_crops = ef.faces.save_crops
+
+    def racing_save_crops(source, directory, *, prefix, quality):
+        paths = save_crops(source, directory, prefix=prefix, quality=quality)
+        if prefix == 'v2':  # a writer not holding the lock renames its v2 first
+            shutil.copytree(directory, root / 'v2')
+            (root / 'v2' / 'theirs').write_text('')
+        return paths
+
+    monkeypatch.setattr(ef.faces, 'save_crops', racing_save_crops)
+    report = extract(inputs, root)
+    assert [e['clip'] for e in report['extracted']] == ['v1', 'v3', 'v4']
+    assert report['existing'] == [{'video': str(inputs / 'v2.mp4'), 'clip': 'v2', 'num_frames': 4}]
+    assert report['failed'] == []
+    assert (root / 'v2' / 'theirs').exists()  # theirs is not replaced; ours was dropped
+    assert not [name for name in os.listdir(root) if name.endswith('.tmp')]
+
+
+def test_a_folder_without_crops_in_a_clips_place_is_never_taken_as_the_clip(tmp_path):
+    inputs, root = four_videos(tmp_path), tmp_path / 'root'
+    (root / 'v1').mkdir(parents=True)  # empty: removed, the clip extracted
+    (root / 'v2').mkdir()
+    (root / 'v2' / 'notes.txt').write_text('mine')  # not empty: left as it is, the video fails
+    report = extract(inputs, root)
+    assert [e['clip'] for e in report['extracted']] == ['v1', 'v3', 'v4']
+    (failed,) = report['failed']
+    assert (
+        failed['reason']
+        == f'{root / "v2"} is in the way (it holds no crops): remove it and run again'
+    )
+    assert os.listdir(root / 'v2') == ['notes.txt']
+
+
+def test_the_report_keeps_the_clips_of_earlier_runs_on_other_videos(tmp_path, capsys):
+    inputs, root = four_videos(tmp_path), tmp_path / 'root'
+    extract(inputs, root)
+    shutil.rmtree(root / 'v4')  # deleted by hand: no longer described
+    more = tmp_path / 'more'
+    more.mkdir()
+    square_video(more / 'v5.mp4', 4)
+    report = extract(more, root)
+    assert [e['clip'] for e in report['extracted']] == ['v5']
+    assert [(e['clip'], e['num_frames']) for e in report['from_earlier_runs']] == [
+        ('v1', 4), ('v2', 4), ('v3', 4),
+    ]  # fmt: skip
+    # A third run on the first videos: v5 is now the earlier run's.
+    report = extract(inputs, root)
+    assert [e['clip'] for e in report['existing']] == ['v1', 'v2', 'v3']
+    assert [e['clip'] for e in report['extracted']] == ['v4']
+    assert [e['clip'] for e in report['from_earlier_runs']] == ['v5']
+    command.print_summary(report, str(root))
+    assert '1 clips extracted, 3 already there, 0 failed; 1 more from earlier runs' in (
+        capsys.readouterr().out
+    )
+
+
+def test_a_read_only_output_is_refused_before_any_video_is_read(tmp_path, monkeypatch):
+    inputs, root = four_videos(tmp_path), tmp_path / 'root'
+    read_only(monkeypatch, root)
+
+    def no_detector():
+        raise AssertionError('a detector was built')
+
+    with pytest.raises(UserError) as caught:
+        ef.extract(str(inputs), str(root), SETTINGS, detector_factory=no_detector, progress=False)
+    assert str(caught.value) == (
+        f'{root}: cannot write to this extract_faces --output folder (Read-only file system)'
+    )
+
+
 def test_nothing_extracted_is_an_error(tmp_path):
     inputs = tmp_path / 'in'
     inputs.mkdir()
@@ -265,3 +385,25 @@ def test_own_videos_extract_train_and_evaluate(tmp_path, tiny_run):
     summary = evaluate.evaluate_checkpoint(config, workdir, 'latest')
     assert np.sum(summary['confusion_matrix']) == 2  # both test clips, once each
     assert list(summary['per_class_recall']) == list(sources.CLASS_NAMES)
+
+
+def test_a_full_disk_stops_the_run_in_one_line_keeping_the_finished_clips(tmp_path, monkeypatch):
+    inputs, root = four_videos(tmp_path), tmp_path / 'root'
+    real_save = faces.save_crops
+
+    def save_crops(track, directory, **kwargs):
+        if track.path.endswith('v3.mp4'):
+            os.makedirs(directory, exist_ok=True)
+            open(os.path.join(directory, 'v3_1.jpg'), 'wb').close()  # a half-written crop
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        return real_save(track, directory, **kwargs)
+
+    monkeypatch.setattr(faces, 'save_crops', save_crops)
+    with pytest.raises(files.NoSpaceError) as caught:
+        extract(inputs, root)
+    message = str(caught.value)
+    assert message.startswith(
+        f'the face crops of {inputs / "v3.mp4"} not saved: no space left on {root} ('
+    )
+    assert 'its half-written folder was removed; the clips already extracted are kept' in message
+    assert sorted(os.listdir(root)) == ['v1', 'v2']  # no .v3.tmp, and the lock released

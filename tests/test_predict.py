@@ -8,6 +8,7 @@ MTCNN on a real face (tests/videos.py).
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -22,9 +23,12 @@ from former_dfer_jax import predict
 from former_dfer_jax.data import sampling, sources
 from former_dfer_jax.inference import class_names_of, open_run, prediction_plots
 from former_dfer_jax.inference import predictor as predicting
+from former_dfer_jax.run_lock import LOCK_FILE
 from former_dfer_jax.video import VideoError, faces
 from former_dfer_jax.video.detect import Face
 from tests import videos
+from tests.test_cli import run_entry_point
+from tests.test_run_lock import live_lock, read_only
 from tests.tiny import OWN_CLASS_NAMES
 
 MAGENTA = (230, 20, 230)
@@ -362,6 +366,43 @@ def test_a_batch_where_nothing_works_fails(predictor, tmp_path):
     videos.write_garbage(folder / 'a.mp4')
     with pytest.raises(predicting.PredictError, match='none of its 1 videos'):
         predict.predict_paths(predictor, str(folder), str(tmp_path / 'out'))
+
+
+def _refused_before_the_model_is_loaded(tmp_path, monkeypatch, capsys) -> str:
+    """Runs the command on a video into tmp_path/out with opening a run forbidden; its one
+    error line."""
+
+    def no_model(*args, **kwargs):
+        raise AssertionError('the model was loaded')
+
+    monkeypatch.setattr(predict, 'open_run', no_model)
+    video = tmp_path / 'clip.mp4'
+    video.write_bytes(b'')  # never read
+    args = ('--model=runs/none', f'--input={video}', f'--output={tmp_path / "out"}')
+    assert run_entry_point(predict, *args) == 1
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    return error
+
+
+def test_a_second_predict_into_one_folder_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    out = tmp_path / 'out'
+    with live_lock(out, what='predict run') as pid:
+        error = _refused_before_the_model_is_loaded(tmp_path, monkeypatch, capsys)
+    assert error == (
+        f'error: {out} is in use by another predict run (host {socket.gethostname()}, pid '
+        f'{pid}, started 2024-01-01T00:00:00, lock file {out / LOCK_FILE}): wait for it to '
+        'finish or stop it, or use another --output folder'
+    )
+    assert os.listdir(out) == [LOCK_FILE]
+
+
+def test_a_read_only_output_folder_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    read_only(monkeypatch, tmp_path / 'out')
+    error = _refused_before_the_model_is_loaded(tmp_path, monkeypatch, capsys)
+    assert error == (
+        f'error: {tmp_path / "out"}: cannot write to this predict --output folder '
+        '(Read-only file system)'
+    )
 
 
 # ---- The command line, with MTCNN on a real face -----------------------------------------

@@ -6,12 +6,13 @@ that finds white squares."""
 
 import logging
 import os
+import pathlib
 
 import numpy as np
 import pytest
 
 from former_dfer_jax import video
-from former_dfer_jax.video import align, detect
+from former_dfer_jax.video import align, detect, faces
 from tests import videos
 
 SIZE = (320, 180)
@@ -216,3 +217,32 @@ def test_progress_bar_and_saved_crops(tmp_path, capsys):
     # Saved crops read back as a frame folder, in order.
     again = [f.image for f in video.read_frames(tmp_path / 'out')]
     assert len(again) == 5 and again[0].shape == (64, 64, 3)
+
+
+def test_streamed_crops_are_the_collected_ones_and_save_as_they_come(tmp_path):
+    present = [False, True, True, True, False, False, False, False, True, True]
+    path = videos.write_video(tmp_path / 'sq.mp4', squares(present))
+    options = video.FaceOptions(crop_size=64, smooth=1)
+    track = faces.track_faces(path, options, detector=WhiteSquares())
+    assert [f['face'] is not None for f in track.frames] == present and track.num_crops == 5
+    streamed = list(faces.aligned_crops(track))
+    # Pass 2 by hand: every decoded frame with a face, aligned on the track's landmarks.
+    expected = [
+        (f.index, align.align_face(f.image, track.tracking.faces[f.index].landmarks, 64))
+        for f in video.read_frames(path)
+        if present[f.index]
+    ]
+    assert [c.index for c in streamed] == [i for i, _ in expected]
+    assert [c.time_s for c in streamed] == [track.frames[i]['time_s'] for i, _ in expected]
+    for crop, (_, image) in zip(streamed, expected, strict=True):
+        np.testing.assert_array_equal(crop.image, image)
+    collected = video.extract_face_video(path, options, detector=WhiteSquares())
+    np.testing.assert_array_equal(collected.crops, np.stack([c.image for c in streamed]))
+    np.testing.assert_array_equal(collected.crop_frames, [c.index for c in streamed])
+    assert collected.frames == track.frames
+    # save_crops streams a FaceTrack: the same files as from the collected crops.
+    from_track = video.save_crops(track, tmp_path / 'a', prefix='clip')
+    from_video = video.save_crops(collected, tmp_path / 'b', prefix='clip')
+    assert [os.path.basename(p) for p in from_track] == [f'clip_{n}.jpg' for n in range(1, 6)]
+    for a, b in zip(from_track, from_video, strict=True):
+        assert pathlib.Path(a).read_bytes() == pathlib.Path(b).read_bytes()

@@ -26,9 +26,11 @@ from former_dfer_jax.video.faces import FaceOptions
 
 def print_summary(report: dict[str, Any], root: str) -> None:
     extracted, existing, failed = report['extracted'], report['existing'], report['failed']
+    earlier = report.get('from_earlier_runs', [])
+    others = f'; {len(earlier)} more from earlier runs on other videos' if earlier else ''
     print(
-        f'{len(extracted)} clips extracted, {len(existing)} already there, {len(failed)} failed '
-        f'(report: {os.path.join(root, REPORT_FILE)})'
+        f'{len(extracted)} clips extracted, {len(existing)} already there, {len(failed)} failed'
+        f'{others} (report: {os.path.join(root, REPORT_FILE)})'
     )
     if report['frames_per_s']:
         per_worker = report['frames_per_s_per_worker']

@@ -8,11 +8,15 @@ DFEW's crops), frames without a face dropped as DFEW dropped them. Clip names ar
 stems with characters outside [A-Za-z0-9._-] replaced by '_' (and _2, _3, ... where two
 inputs give the same name).
 
-Videos run in parallel over `--workers` processes, each with its own detector. A clip
-folder appears only once complete (written as `.<clip>.tmp` and renamed), so a rerun skips
-the finished clips and redoes a half-written one. `ROOT/extract_faces.json` lists every
-video extracted, skipped and failed, and why. The exit status is 0 when at least one clip
-is there at the end.
+Videos run in parallel over `--workers` processes, each with its own detector; crops are
+written as they are aligned (one in memory at a time). A clip folder appears only once
+complete (written as `.<clip>.tmp` and renamed; never renamed onto an existing folder), so
+a rerun skips the finished clips and redoes a half-written one. One run at a time writes
+into ROOT (`ROOT/run.lock`, as the trainer's workdir lock: a second run is refused, naming
+the first; a dead run's lock is taken over). `ROOT/extract_faces.json` describes the whole
+of ROOT: every video of this run extracted, already there, or failed and why, and the
+clips that earlier runs extracted from other videos. The exit status is 0 when at least
+one clip of this run is there at the end.
 
 With `--labels=CSV` (header `video,label[,split]`; `video` is a path under --input, with or
 without its extension, or a file name or stem) only the listed videos are extracted and
@@ -27,17 +31,20 @@ import collections
 import concurrent.futures
 import csv
 import dataclasses
+import json
 import multiprocessing
 import os
 import re
+import shutil
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
+from absl import logging
 
-from former_dfer_jax import files
+from former_dfer_jax import files, run_lock
 from former_dfer_jax.errors import UserError
 from former_dfer_jax.video import decode, faces
 from former_dfer_jax.video.faces import FaceOptions, staged_folder
@@ -288,29 +295,45 @@ def count_frames(directory: str) -> int:
     return sum(1 for name in os.listdir(directory) if name.lower().endswith('.jpg'))
 
 
+def _clip_there(directory: str) -> int:
+    """The crops of the finished clip folder `directory` (0 where there is none)."""
+    return count_frames(directory) if os.path.isdir(directory) else 0
+
+
 def extract_one(item: VideoInput, root: str, min_frames: int, quality: int) -> dict[str, Any]:
     """Extracts one video into ROOT/<clip>/ (in the worker's process); a record for the
     report: status 'extracted' | 'existing' | 'failed', with the reason where failed."""
     record: dict[str, Any] = {'video': item.path, 'clip': item.clip}
     final = os.path.join(root, *item.clip.split('/'))
-    if os.path.isdir(final):
-        return {**record, 'status': 'existing', 'num_frames': count_frames(final)}
+    if num_frames := _clip_there(final):
+        return {**record, 'status': 'existing', 'num_frames': num_frames}
+    if os.path.lexists(final):  # no crops in it: an empty folder goes, anything else stays
+        try:
+            os.rmdir(final)
+        except OSError:
+            reason = f'{final} is in the way (it holds no crops): remove it and run again'
+            return {**record, 'status': 'failed', 'reason': reason}
     leaf = os.path.basename(final)
     started = time.perf_counter()
     try:
         with staged_folder(final) as tmp:  # also clears a half-written earlier attempt
-            video = faces.extract_face_video(
-                item.path, _WORKER['options'], detector=_WORKER['detector']
-            )
-            if len(video.crops) < min_frames:
+            track = faces.track_faces(item.path, _WORKER['options'], detector=_WORKER['detector'])
+            if track.num_crops < min_frames:
                 raise ExtractError(
-                    f'{item.path}: too few face frames ({len(video.crops)} of '
-                    f'{len(video.frames)}; at least {min_frames} needed, see --min_frames)'
+                    f'{item.path}: too few face frames ({track.num_crops} of '
+                    f'{len(track.frames)}; at least {min_frames} needed, see --min_frames)'
                 )
-            faces.save_crops(video, tmp, prefix=leaf, quality=quality)
+            num_frames = len(faces.save_crops(track, tmp, prefix=leaf, quality=quality))
     except UserError as e:
         return {**record, 'status': 'failed', 'reason': str(e)}
     except Exception as e:  # a batch of thousands goes on; the report keeps the traceback
+        if files.is_no_space(e):  # every later clip would fail too: the whole run stops
+            kept = 'its half-written folder was removed; the clips already extracted are kept'
+            raise files.no_space(f'the face crops of {item.path}', root, kept) from e
+        if isinstance(e, OSError) and (num_frames := _clip_there(final)):
+            # Another writer (not holding our lock) finished this clip first: its folder is
+            # kept, ours was dropped.
+            return {**record, 'status': 'existing', 'num_frames': num_frames}
         return {
             **record,
             'status': 'failed',
@@ -320,11 +343,52 @@ def extract_one(item: VideoInput, root: str, min_frames: int, quality: int) -> d
     return {
         **record,
         'status': 'extracted',
-        'num_frames': len(video.crops),
-        'decoded_frames': len(video.frames),
+        'num_frames': num_frames,
+        'decoded_frames': len(track.frames),
         'seconds': time.perf_counter() - started,
-        'timings': {k: float(v) for k, v in video.timings.items()},
+        'timings': {k: round(float(v), 4) for k, v in track.timings.items()},
     }
+
+
+def _remove_stale_staging(root: str, inputs: Sequence[VideoInput]) -> None:
+    """Removes the staging folders (`.<clip>.tmp`, see `staged_folder`) that killed runs
+    left beside the clip folders: with ROOT locked, no other run is writing them."""
+    parents = {os.path.join(root, *item.clip.split('/')[:-1]) for item in inputs}
+    for parent in sorted(p for p in parents if os.path.isdir(p)):
+        for name in os.listdir(parent):
+            path = os.path.join(parent, name)
+            if name.startswith('.') and name.endswith('.tmp') and os.path.isdir(path):
+                logging.warning('Removing %s, left by an interrupted run', path)
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _earlier_clips(root: str, inputs: Sequence[VideoInput]) -> list[dict[str, Any]]:
+    """The clips of ROOT that earlier runs extracted from videos not among `inputs` (as
+    their report lists them) and that are still there, with their crop counts now."""
+    ours = {item.clip for item in inputs}
+    try:
+        with open(os.path.join(root, REPORT_FILE), encoding='utf-8') as f:
+            earlier = json.load(f)
+        listed = [
+            {'video': r['video'], 'clip': r['clip']}
+            for key in ('extracted', 'existing', 'from_earlier_runs')
+            for r in earlier.get(key, [])
+            if isinstance(r['clip'], str)
+        ]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        logging.warning('%s: unreadable (%s); its clips are not carried over', REPORT_FILE, e)
+        return []
+    out, seen = [], set()
+    for r in listed:
+        clip = r['clip']
+        there = clip not in ours and clip not in seen
+        num_frames = _clip_there(os.path.join(root, *clip.split('/'))) if there else 0
+        if num_frames:
+            seen.add(clip)
+            out.append({**r, 'num_frames': num_frames})
+    return out
 
 
 # ---- The whole run ----------------------------------------------------------------------
@@ -377,7 +441,44 @@ def extract(
             raise ExtractError(
                 f'{labels}: none of its videos is under {input_dir} (first: {missing[0]})'
             )
-    os.makedirs(root, exist_ok=True)
+    with run_lock.output_lock(root, 'extract_faces'):
+        _remove_stale_staging(root, inputs)
+        records, wall = _extract_all(inputs, root, settings, detector_factory, progress)
+        report = _report(input_dir, root, settings, records, wall)
+        report['from_earlier_runs'] = _earlier_clips(root, inputs)
+        report['labels_not_found'] = missing
+        report['not_labelled'] = unlabelled
+        done = [r for r in records if r['status'] in ('extracted', 'existing')]
+        if labels:
+            label_of = {name: i for i, name in enumerate(class_names)}
+            clips = {
+                r['clip']: (label_of[rows[r['clip']].label], rows[r['clip']].split) for r in done
+            }
+            split = split_clips(clips, settings.test_fraction, settings.seed)
+            listed = {
+                r['clip']: (clips[r['clip']][0], r['num_frames'], split[r['clip']]) for r in done
+            }
+            report['lists'] = write_lists(root, class_names, listed) if done else {}
+            report['class_names'] = class_names
+        files.write_json(os.path.join(root, REPORT_FILE), report, indent=1)
+    if not done:
+        raise ExtractError(
+            f'{input_dir}: no clip extracted ({len(records)} failed; reasons in '
+            f'{os.path.join(root, REPORT_FILE)})'
+        )
+    return report
+
+
+def _extract_all(
+    inputs: Sequence[VideoInput],
+    root: str,
+    settings: ExtractSettings,
+    detector_factory: Callable[[], Any] | None,
+    progress: bool,
+) -> tuple[list[dict[str, Any]], float]:
+    """`extract_one` of every input (over the workers); the records in input order and
+    the wall-clock seconds."""
+    options = settings.face_options
     started = time.perf_counter()
     records = []
     bar = files.progress(total=len(inputs), desc='videos', unit='video', enabled=progress)
@@ -401,6 +502,9 @@ def extract(
             for future in concurrent.futures.as_completed(futures):
                 try:
                     records.append(future.result())
+                except files.NoSpaceError:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
                 except concurrent.futures.process.BrokenProcessPool as e:
                     raise ExtractError(
                         f'a worker process died while extracting {futures[future].path} (out '
@@ -411,25 +515,7 @@ def extract(
         order = {item.clip: i for i, item in enumerate(inputs)}
         records.sort(key=lambda r: order[r['clip']])
     bar.close()
-    wall = time.perf_counter() - started
-    report = _report(input_dir, root, settings, records, wall)
-    report['labels_not_found'] = missing
-    report['not_labelled'] = unlabelled
-    done = [r for r in records if r['status'] in ('extracted', 'existing')]
-    if labels:
-        label_of = {name: i for i, name in enumerate(class_names)}
-        clips = {r['clip']: (label_of[rows[r['clip']].label], rows[r['clip']].split) for r in done}
-        split = split_clips(clips, settings.test_fraction, settings.seed)
-        listed = {r['clip']: (clips[r['clip']][0], r['num_frames'], split[r['clip']]) for r in done}
-        report['lists'] = write_lists(root, class_names, listed) if done else {}
-        report['class_names'] = class_names
-    files.write_json(os.path.join(root, REPORT_FILE), report, indent=1)
-    if not done:
-        raise ExtractError(
-            f'{input_dir}: no clip extracted ({len(records)} failed; reasons in '
-            f'{os.path.join(root, REPORT_FILE)})'
-        )
-    return report
+    return records, time.perf_counter() - started
 
 
 def _report(input_dir, root, settings, records, wall) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from former_dfer_jax import files
 from former_dfer_jax.inference.explanation_plots import plot_clip
-from former_dfer_jax.inference.predictor import PredictError, Prediction, resize_crops
+from former_dfer_jax.inference.predictor import PredictError, Prediction
 from former_dfer_jax.video import decode
 
 PREDICTION_FILE = 'prediction.json'
@@ -80,24 +80,21 @@ def plot_timeline(result: dict[str, Any], path: str) -> None:
         plt.close(figure)
 
 
-def contact_sheet(
-    prediction: Prediction, *, tile: int = 112, max_tiles: int = 32, columns: int = 8
-) -> Image.Image:
+def contact_sheet(prediction: Prediction, *, tile: int = 112, columns: int = 8) -> Image.Image:
     """One aligned crop per window (its middle sampled frame), captioned with the
-    window's span and label; at most `max_tiles` windows, evenly chosen."""
+    window's span and label: the windows of `prediction.sheet_crops` (`sheet_windows`:
+    at most 32, evenly chosen)."""
     result = prediction.result
     windows = result['windows']
-    chosen = np.unique(np.linspace(0, len(windows) - 1, min(len(windows), max_tiles)).round())
+    chosen = sorted(prediction.sheet_crops)
     columns = min(columns, len(chosen))
     rows = math.ceil(len(chosen) / columns)
     caption = 28
     sheet = Image.new('RGB', (columns * tile, rows * (tile + caption)), 'white')
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
-    for n, w in enumerate(chosen.astype(int)):
-        window = windows[w]
-        crops = prediction.window_crops[w]
-        crop = prediction.crops[crops[len(crops) // 2]]
+    for n, w in enumerate(chosen):
+        window, crop = windows[w], prediction.sheet_crops[w]
         x, y = (n % columns) * tile, (n // columns) * (tile + caption)
         sheet.paste(Image.fromarray(crop).resize((tile, tile), Image.Resampling.BILINEAR), (x, y))
         probs = window['probabilities']
@@ -123,7 +120,8 @@ def _probabilities_at(result: dict[str, Any]) -> Callable[[float], np.ndarray | 
 
 def write_annotated(result: dict[str, Any], video_path: str, path: str) -> None:
     """The video re-encoded as H.264 MP4 with the face box and the current label drawn
-    (the mean of the windows covering each frame; 'no prediction' elsewhere)."""
+    (the mean of the windows covering each frame; 'no prediction' elsewhere): one more
+    decode pass, one frame at a time."""
     import av
 
     at = _probabilities_at(result)
@@ -137,7 +135,7 @@ def write_annotated(result: dict[str, Any], video_path: str, path: str) -> None:
         stream = container.add_stream('libx264', rate=rate)
         stream.width, stream.height, stream.pix_fmt = w, h, 'yuv420p'
         stream.options = {'preset': 'veryfast', 'crf': '23'}
-        for frame in decode.read_frames(video_path):
+        for frame in decode.read_frames(video_path, fps_for_frames_dir=result['fps']):
             image = Image.fromarray(frame.image[:h, :w])
             draw = ImageDraw.Draw(image)
             face = faces_by_index.get(frame.index)
@@ -166,19 +164,19 @@ def explain_file_name(index: int, window: dict[str, Any], num_windows: int) -> s
 
 def write_explanations(prediction: Prediction, directory: str) -> dict[str, str]:
     """One `plot_clip` picture per window (`explain_file_name`): its sampled frames at the
-    model's input size, their feature-map and Grad-CAM overlays, and the temporal
-    importance (occlusion; T-Former attention rollout) under them. Returns the paths by
-    file stem."""
+    model's input size (`prediction.window_frames`), their feature-map and Grad-CAM
+    overlays, and the temporal importance (occlusion; T-Former attention rollout) under
+    them. Returns the paths by file stem."""
     if prediction.explanations is None:
         raise PredictError('this prediction has no explanations: use Predictor(explain=True)')
     result = prediction.result
     windows = result['windows']
     video = os.path.basename(result['video'])
     paths = {}
-    for i, (window, picture) in enumerate(zip(windows, prediction.explanations, strict=True)):
+    pictures = zip(windows, prediction.explanations, prediction.window_frames, strict=True)
+    for i, (window, picture, clip) in enumerate(pictures):
         name = explain_file_name(i, window, len(windows))
-        size = picture.grad_cam.shape[-1]
-        frames = resize_crops(prediction.crops[prediction.window_crops[i]], size) / 255.0
+        frames = clip / 255.0
         indices = ', '.join(str(f) for f in window['frame_indices'])
         heading = (
             f'{video}: window {i}, {window["start_s"]:.2f}-{window["end_s"]:.2f} s '

@@ -16,7 +16,13 @@ frames (with a warning).
     result['clip']['label'], result['clip']['probabilities']
 
     many = predictor.Predictor.from_run(run, explain=True)  # one compile, many videos
-    prediction = many.predict('clip.mp4')                  # .result, .crops, .explanations
+    prediction = many.predict('clip.mp4')          # .result, .sheet_crops, .explanations
+
+Memory does not grow with the video: pass 1 of the face pipeline (`faces.track_faces`)
+keeps only boxes and landmarks, the windows are planned from its times, and pass 2's
+crops (`faces.aligned_crops`) stream through a `CropBuffer` that holds, at the model's
+input size, only the sampled frames of the windows still open; each batch of completed
+windows goes through the jitted model as it fills.
 
 `prediction_plots.write_prediction(prediction, 'out/clip')` writes its files.
 """
@@ -54,6 +60,7 @@ DEFAULT_STRIDE_S = 1.0
 # (DFEW dropped the frames without a face, so its clips are "mostly a face").
 MIN_FACE_FRACTION = 0.5
 DEFAULT_BATCH_SIZE = 4
+SHEET_TILES = 32  # windows shown in faces.png
 # The settings measured to keep predict above real time on 2 cores (docs/predict.md, "Speed"):
 # MTCNN on a 320-pixel copy every 5th frame, the track filling the frames between.
 DEFAULT_DETECT_EVERY = 5
@@ -148,6 +155,51 @@ def resize_crops(crops: np.ndarray, image_size: int) -> np.ndarray:
     return out
 
 
+class CropBuffer:
+    """The sampled frames of the windows not yet complete, resized as they arrive.
+
+    `window_frames`: per window, in time order, the frame indices its clip samples (in
+    clip order, repeats allowed). `add` each aligned crop of the stream in frame order; it
+    returns the windows completed by it, in window order, as (window number, uint8
+    [T, S, S, 3] clip). A frame is held from its arrival until the last window using it
+    completes, so at most the frames of the windows overlapping the current time are
+    held (`peak`: the most held at once), whatever the video's length.
+    """
+
+    def __init__(self, window_frames: Sequence[np.ndarray], image_size: int):
+        self.window_frames = [np.asarray(f, np.int64) for f in window_frames]
+        self.image_size = image_size
+        self._users: dict[int, int] = {}  # frame index -> windows still needing it
+        for frames in self.window_frames:
+            for i in set(frames.tolist()):
+                self._users[i] = self._users.get(i, 0) + 1
+        self._ends = [int(f.max()) for f in self.window_frames]
+        self._next = 0  # the first window not yet returned
+        self.frames: dict[int, np.ndarray] = {}
+        self.peak = 0
+
+    @property
+    def done(self) -> bool:
+        """Whether every window was returned."""
+        return self._next == len(self.window_frames)
+
+    def add(self, index: int, crop: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Takes frame `index`'s aligned crop (kept only if a window samples it)."""
+        if index in self._users:
+            self.frames[index] = resize_crops(crop[None], self.image_size)[0]
+            self.peak = max(self.peak, len(self.frames))
+        completed = []
+        while not self.done and self._ends[self._next] <= index:
+            w, frames = self._next, self.window_frames[self._next]
+            completed.append((w, np.stack([self.frames[i] for i in frames.tolist()])))
+            for i in set(frames.tolist()):
+                self._users[i] -= 1
+                if not self._users[i]:
+                    del self._users[i], self.frames[i]
+            self._next += 1
+        return completed
+
+
 # ---- The classifier over windows -------------------------------------------------------
 
 # What a window's explanation keeps of `explain_clips`' output; the heatmaps as float16
@@ -199,16 +251,37 @@ class _Classifier:
 @dataclasses.dataclass
 class Prediction:
     """A video's result (`result`: the prediction.json content) and what the pictures and
-    the report need beside it."""
+    the report need beside it (a bounded amount: no crop of every frame)."""
 
     result: dict[str, Any]
-    crops: np.ndarray  # uint8 [n, s, s, 3] aligned crops, time order
-    crop_frames: np.ndarray  # int [n] frame index of each crop
-    window_crops: list[np.ndarray]  # per window: crop positions sampled
+    # Window number -> the aligned crop of its middle sampled frame, for the windows
+    # `sheet_windows` picks (faces.png).
+    sheet_crops: dict[int, np.ndarray]
     warnings: list[str]
     timings: dict[str, float]  # seconds: decode, detect, align, model, total
-    # Per window (with Predictor(explain=True)): what its explain picture draws.
+    # Per window (with Predictor(explain=True)): what its explain picture draws, and its
+    # sampled frames at the model's input size (uint8 [T, S, S, 3]).
     explanations: list[ClipPicture] | None = None
+    window_frames: list[np.ndarray] | None = None
+    buffer_peak: int = 0  # the most resized crops held at once (`CropBuffer.peak`)
+
+
+def sheet_windows(num_windows: int, max_tiles: int = SHEET_TILES) -> list[int]:
+    """The windows faces.png shows: at most `max_tiles`, evenly chosen."""
+    chosen = np.linspace(0, num_windows - 1, min(num_windows, max_tiles)).round()
+    return [int(w) for w in np.unique(chosen)]
+
+
+@dataclasses.dataclass
+class _Streamed:
+    """What `Predictor._classify` gathers over the crop stream."""
+
+    probabilities: Any  # per window [C]; stacked to [windows, C] at the end
+    pictures: list[ClipPicture] | None  # with explain
+    clips: list[np.ndarray] | None  # with explain: each window's [T, S, S, 3] clip
+    sheet_crops: dict[int, np.ndarray]
+    buffer_peak: int = 0
+    model_s: float = 0.0  # seconds resizing and in the model
 
 
 class Predictor:
@@ -289,24 +362,25 @@ class Predictor:
     def predict(self, path: str, *, progress: bool = False) -> Prediction:
         """Predicts one video (file or frames folder); VideoError / PredictError name it."""
         started = time.perf_counter()
-        video = faces.extract_face_video(
+        track = faces.track_faces(
             path, self.face_options, detector=self.detector, progress=progress
         )
-        info, frames = video.info, video.frames
+        frames = track.frames
         warnings: list[str] = []
-        if video.tracking.other_tracks:
+        if track.tracking.other_tracks:
             warnings.append(
-                f'{path}: {len(video.tracking.other_tracks)} other face track(s) besides the '
+                f'{path}: {len(track.tracking.other_tracks)} other face track(s) besides the '
                 f'main subject; predicting the main one (the longest, most confident)'
             )
         if len(frames) == 1:
             warnings.append(f'{path}: a single frame: the model sees one still image')
 
-        model_started = time.perf_counter()
         times = np.array([f['time_s'] for f in frames], np.float64)
         has_face = np.array([f['face'] is not None for f in frames], bool)
-        windows, fallback = plan_windows(times, has_face, info.fps, self.window_s, self.stride_s)
-        if not windows:  # extract_face_video raises first; kept as a guard
+        windows, fallback = plan_windows(
+            times, has_face, track.info.fps, self.window_s, self.stride_s
+        )
+        if not windows:  # track_faces raises first; kept as a guard
             raise PredictError(f'{path}: no face found in any frame')
         if fallback:
             warnings.append(
@@ -314,38 +388,75 @@ class Predictor:
                 f'frames, too few for any {self.window_s:g} s window to show it in '
                 f'{MIN_FACE_FRACTION:.0%} of its frames; predicting one window over those frames'
             )
-        position_of_frame = {int(f['index']): i for i, f in enumerate(frames)}
-        crop_of_position = np.full(len(frames), -1, np.int64)
-        for c, index in enumerate(video.crop_frames):
-            crop_of_position[position_of_frame[int(index)]] = c
-        small = resize_crops(video.crops, self.model.spec.image_size)
-        window_crops = []
-        for window in windows:
-            crops_here = crop_of_position[window.face_frames]
-            crops_here = crops_here[crops_here >= 0]
+        index_of = np.array([f['index'] for f in frames], np.int64)
+        window_frames = []  # per window: the frame indices of its clip, by the test rule
+        for w in windows:
             picked = sample_frame_indices(
-                len(crops_here), self.num_segments, self.segment_length, train=False
+                len(w.face_frames), self.num_segments, self.segment_length, train=False
             )
-            window_crops.append(crops_here[picked])
-        probabilities, explained = self.classifier(np.stack([small[c] for c in window_crops]))
-        model_s = time.perf_counter() - model_started
-
-        pictures = None
-        if explained is not None:
-            pictures = [self._picture(explained, i, probs) for i, probs in enumerate(probabilities)]
+            window_frames.append(index_of[w.face_frames[picked]])
+        streamed = self._classify(track, window_frames, progress)
         spans = [(w.start_s, w.end_s) for w in windows]
         result = prediction_result(
-            path, video, spans, window_crops, probabilities, self.class_names
+            path, track, spans, window_frames, streamed.probabilities, self.class_names
         )
-        timings = {k: float(video.timings.get(k, 0.0)) for k in ('decode', 'detect', 'align')}
-        timings['detect'] += float(video.timings.get('track', 0.0))
-        timings['model'] = model_s
+        timings = {k: float(track.timings[k]) for k in ('decode', 'detect', 'align')}
+        timings['detect'] += float(track.timings['track'])
+        timings['model'] = streamed.model_s
         timings['total'] = time.perf_counter() - started
         for warning in warnings:
             logging.warning('%s', warning)
         return Prediction(
-            result, video.crops, video.crop_frames, window_crops, warnings, timings, pictures
+            result,
+            streamed.sheet_crops,
+            warnings,
+            timings,
+            streamed.pictures,
+            streamed.clips,
+            streamed.buffer_peak,
         )
+
+    def _classify(
+        self, track: faces.FaceTrack, window_frames: list[np.ndarray], progress: bool
+    ) -> _Streamed:
+        """Pass 2 of the face pipeline through a `CropBuffer`, each batch of completed
+        windows classified as it fills (the batches `run_batched` would cut from all the
+        windows at once: the same numbers)."""
+        buffer = CropBuffer(window_frames, self.model.spec.image_size)
+        sheet: dict[int, list[int]] = {}  # frame index -> the sheet windows it is the middle of
+        for w in sheet_windows(len(window_frames)):
+            sheet.setdefault(int(window_frames[w][len(window_frames[w]) // 2]), []).append(w)
+        explain = self.explain_stage is not None
+        out = _Streamed([], [] if explain else None, [] if explain else None, {})
+        pending = []
+
+        def classify() -> None:
+            clips = np.stack(pending)
+            probs, explained = self.classifier(clips)
+            out.probabilities.extend(probs)
+            if explain:
+                out.pictures.extend(self._picture(explained, i, p) for i, p in enumerate(probs))
+                out.clips.extend(clips)
+            pending.clear()
+
+        for crop in faces.aligned_crops(track, progress=progress):
+            for w in sheet.get(crop.index, ()):
+                out.sheet_crops[w] = crop.image
+            t = time.perf_counter()
+            for _, clip in buffer.add(crop.index, crop.image):
+                pending.append(clip)
+                if len(pending) == self.classifier.batch_size:
+                    classify()
+            out.model_s += time.perf_counter() - t
+        t = time.perf_counter()
+        if pending:
+            classify()
+        out.model_s += time.perf_counter() - t
+        if not buffer.done:  # every sampled frame has a face, so a crop: kept as a guard
+            raise PredictError(f'{track.path}: the crops of some windows never came')
+        out.probabilities = np.stack(out.probabilities)
+        out.buffer_peak = buffer.peak
+        return out
 
     def _picture(self, explained: dict[str, np.ndarray], i: int, probs: np.ndarray) -> ClipPicture:
         names, best = self.class_names, int(np.argmax(probs))
@@ -358,34 +469,35 @@ class Predictor:
 
 def prediction_result(
     path: str,
-    video: faces.FaceVideo,
+    track: faces.FaceTrack,
     spans: Sequence[tuple[float, float]],
-    window_crops: Sequence[np.ndarray],
+    window_frames: Sequence[np.ndarray],
     probabilities: np.ndarray,
     class_names: Sequence[str],
 ) -> dict[str, Any]:
     """The prediction.json content (`RESULT_KEYS`): the video, its frames and faces, each
-    window's span, sampled frames and probabilities, and the clip's mean of those."""
+    window's span, sampled frames (`window_frames`: frame indices) and probabilities, and
+    the clip's mean of those."""
     names = list(class_names)
     mean = probabilities.mean(axis=0)
     return {
         'video': os.path.abspath(path),
-        'fps': float(video.info.fps),
-        'num_frames': len(video.frames),
-        'size': [int(video.info.size[0]), int(video.info.size[1])],
+        'fps': float(track.info.fps),
+        'num_frames': len(track.frames),
+        'size': [int(track.info.size[0]), int(track.info.size[1])],
         'class_names': names,
         'frames': [
             {'index': int(f['index']), 'time_s': float(f['time_s']), 'face': f['face']}
-            for f in video.frames
+            for f in track.frames
         ],
         'windows': [
             {
                 'start_s': round(start, 6),
                 'end_s': round(end, 6),
-                'frame_indices': [int(i) for i in video.crop_frames[c]],
+                'frame_indices': [int(i) for i in frames],
                 'probabilities': [float(p) for p in probs],
             }
-            for (start, end), c, probs in zip(spans, window_crops, probabilities, strict=True)
+            for (start, end), frames, probs in zip(spans, window_frames, probabilities, strict=True)
         ],
         'clip': {
             'label': names[int(np.argmax(mean))],

@@ -1,17 +1,20 @@
 """The whole face pipeline: a video (or a frame folder) -> aligned face crops of its subject.
 
-    face_video = extract_face_video('clip.mp4', FaceOptions(detect_every=2), progress=True)
-    face_video.crops         # uint8 [n, 256, 256, 3], the frames with a face, in time order
-    save_crops(face_video, 'out/clip', prefix='clip')   # out/clip/clip_1.jpg, clip_2.jpg, ...
-    with staged_folder('out/clip') as tmp:               # the same, appearing only complete
-        save_crops(face_video, tmp, prefix='clip')
+    face_track = track_faces('clip.mp4', FaceOptions(detect_every=2), progress=True)
+    for crop in aligned_crops(face_track):   # one at a time: memory independent of length
+        crop.index, crop.time_s, crop.image  # uint8 [256, 256, 3]
+    with staged_folder('out/clip') as tmp:   # out/clip/clip_1.jpg, ..., appearing complete
+        save_crops(face_track, tmp, prefix='clip')   # streamed as they are aligned
 
-Two passes over the decoded frames, so that only the crops are ever held (never all the
-full frames): pass 1 decodes and detects (every `detect_every`-th frame, and the last
-one), then the detections are tracked (main subject kept, others reported, boxes and
-landmarks filled in between detections and smoothed); pass 2 decodes again and crops the
-main face of every frame that has one. Frames without it are dropped and counted, as
-DFEW's crops drop them.
+    face_video = extract_face_video('clip.mp4')   # the same, every crop collected
+    face_video.crops         # uint8 [n, 256, 256, 3], the frames with a face, in time order
+
+Two passes over the decoded frames, so that full frames are never held: pass 1
+(`track_faces`) decodes and detects (every `detect_every`-th frame, and the last one),
+then the detections are tracked (main subject kept, others reported, boxes and landmarks
+filled in between detections and smoothed): only boxes and landmarks are kept. Pass 2
+(`aligned_crops`) decodes again and yields the crop of the main face of every frame that
+has one. Frames without it are dropped and counted, as DFEW's crops drop them.
 """
 
 from __future__ import annotations
@@ -71,11 +74,41 @@ class FaceOptions:
 
 
 @dataclasses.dataclass
+class FaceTrack:
+    """Pass 1's result: the video's main face in every frame, no pixels (small whatever
+    the length). `frames` has one entry per decoded frame ({"index", "time_s",
+    "detected": whether the detector ran, "face": Face.to_json() or None}); `timings` the
+    seconds per stage ("decode", "detect", "track", "align"), "decode" and "align" growing
+    as `aligned_crops` runs pass 2."""
+
+    path: str
+    info: VideoInfo
+    options: FaceOptions
+    frames: list[dict]
+    tracking: Tracking
+    timings: dict
+
+    @property
+    def num_crops(self) -> int:
+        """Frames with the subject's face: the crops pass 2 yields."""
+        return sum(f['face'] is not None for f in self.frames)
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignedCrop:
+    """One aligned crop of pass 2: its frame's index and time, uint8 [s, s, 3]."""
+
+    index: int
+    time_s: float
+    image: np.ndarray
+
+
+@dataclasses.dataclass
 class FaceVideo:
-    """The pipeline's result; `frames` has one entry per decoded frame
-    ({"index", "time_s", "detected": whether the detector ran, "face": Face.to_json() or
-    None}), `crops` / `crop_frames` the aligned crops and their frame indices, `timings`
-    the seconds spent per stage ("decode", "detect", "track", "align", "total")."""
+    """The pipeline's result, every crop collected (`extract_face_video`); `frames` and
+    `tracking` as FaceTrack's, `crops` / `crop_frames` the aligned crops and their frame
+    indices, `timings` the seconds spent per stage ("decode", "detect", "track", "align",
+    "total")."""
 
     info: VideoInfo
     frames: list[dict]
@@ -104,14 +137,14 @@ class FaceVideo:
         }
 
 
-def extract_face_video(
+def track_faces(
     path: str | os.PathLike,
     options: FaceOptions = FaceOptions(),
     *,
     detector: FaceDetector | None = None,
     progress: bool = False,
-) -> FaceVideo:
-    """Decode -> detect -> track -> align `path` (a video file or a folder of frames).
+) -> FaceTrack:
+    """Pass 1 over `path` (a video file or a folder of frames): decode, detect, track.
 
     Raises VideoError (message starting with the path) for an unreadable / corrupt input,
     one without frames, and one without a face in any frame. With two or more faces the
@@ -119,13 +152,11 @@ def extract_face_video(
     `tracking.other_tracks` and logged.
     """
     path = os.fspath(path)
-    start = time.perf_counter()
     timings = {'decode': 0.0, 'detect': 0.0, 'track': 0.0, 'align': 0.0}
     info = decode.probe(path, fps_for_frames_dir=options.fps_for_frames_dir)
     if detector is None:
         detector = options.detector()
 
-    # Pass 1: decode and detect; only the detections and timestamps are kept.
     detections: list[list[Face] | None] = []
     times: list[float] = []
     pending = None  # the latest frame if it was not detected: detected if it is the last
@@ -170,26 +201,6 @@ def extract_face_video(
             tracking.main_track,
             tracking.other_tracks,
         )
-
-    # Pass 2: decode again and crop the main face where there is one.
-    crops, crop_frames = [], []
-    decoded = 0
-    for frame in _timed(decode.read_frames(path, fps_for_frames_dir=info.fps), timings):
-        decoded += 1
-        if frame.index >= len(detections):
-            break
-        face = tracking.faces[frame.index]
-        if face is None:
-            continue
-        t = time.perf_counter()
-        crops.append(align.align_face(frame.image, face.landmarks, options.crop_size))
-        crop_frames.append(frame.index)
-        timings['align'] += time.perf_counter() - t
-    if decoded != len(detections):
-        raise VideoError(
-            f'{path}: {len(detections)} frames decoded, then {decoded}: did the file change?'
-        )
-
     frames = [
         {
             'index': index,
@@ -199,31 +210,89 @@ def extract_face_video(
         }
         for index, face in enumerate(tracking.faces)
     ]
+    return FaceTrack(path, info, options, frames, tracking, timings)
+
+
+def aligned_crops(face_track: FaceTrack, *, progress: bool = False) -> Iterator[AlignedCrop]:
+    """Pass 2: decodes the video again and yields the aligned crop of every frame with the
+    main face, in time order, one at a time (nothing else is held). Raises VideoError
+    (after the last crop) when the frame count differs from pass 1's."""
+    path, timings = face_track.path, face_track.timings
+    faces = face_track.tracking.faces
+    size = face_track.options.crop_size
+    decoded = 0
+    with files.progress(
+        total=len(faces), desc=f'crops {os.path.basename(path)}', unit='frame', enabled=progress
+    ) as bar:
+        frames = decode.read_frames(path, fps_for_frames_dir=face_track.info.fps)
+        for frame in _timed(frames, timings):
+            decoded += 1
+            bar.update(1)
+            if frame.index >= len(faces):
+                break
+            face = faces[frame.index]
+            if face is None:
+                continue
+            t = time.perf_counter()
+            crop = align.align_face(frame.image, face.landmarks, size)
+            timings['align'] += time.perf_counter() - t
+            yield AlignedCrop(frame.index, face_track.frames[frame.index]['time_s'], crop)
+    if decoded != len(faces):
+        raise VideoError(
+            f'{path}: {len(faces)} frames decoded, then {decoded}: did the file change?'
+        )
+
+
+def extract_face_video(
+    path: str | os.PathLike,
+    options: FaceOptions = FaceOptions(),
+    *,
+    detector: FaceDetector | None = None,
+    progress: bool = False,
+) -> FaceVideo:
+    """`track_faces` then every crop of `aligned_crops` collected in memory (a long video's
+    crops take 196 kB a frame at 256 x 256: stream them instead). Raises as `track_faces`."""
+    start = time.perf_counter()
+    face_track = track_faces(path, options, detector=detector, progress=progress)
+    crops = list(aligned_crops(face_track))
     size = options.crop_size
+    empty = np.zeros((0, size, size, 3), np.uint8)
     result = FaceVideo(
-        info=info,
-        frames=frames,
-        crops=np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8),
-        crop_frames=np.asarray(crop_frames, np.int64),
-        tracking=tracking,
-        timings={k: round(v, 4) for k, v in timings.items()},
+        info=face_track.info,
+        frames=face_track.frames,
+        crops=np.stack([c.image for c in crops]) if crops else empty,
+        crop_frames=np.asarray([c.index for c in crops], np.int64),
+        tracking=face_track.tracking,
+        timings={k: round(v, 4) for k, v in face_track.timings.items()},
     )
     result.timings['total'] = round(time.perf_counter() - start, 4)
     if result.num_dropped:
         logging.info(
-            '%s: %d of %d frames without a face, dropped', path, result.num_dropped, len(frames)
+            '%s: %d of %d frames without a face, dropped',
+            face_track.path,
+            result.num_dropped,
+            result.num_frames,
         )
     return result
 
 
 def save_crops(
-    face_video: FaceVideo, directory: str | os.PathLike, *, prefix: str, quality: int = 95
+    source: FaceVideo | FaceTrack,
+    directory: str | os.PathLike,
+    *,
+    prefix: str,
+    quality: int = 95,
 ) -> list[str]:
     """Write the crops as `<directory>/<prefix>_<n>.jpg`, n = 1, 2, ... (DFEW's layout:
-    numbered, not zero-padded); returns the paths."""
+    numbered, not zero-padded); returns the paths. A FaceVideo's collected crops, or a
+    FaceTrack's streamed by `aligned_crops` (one in memory at a time)."""
     os.makedirs(directory, exist_ok=True)
+    if isinstance(source, FaceTrack):
+        crops = (c.image for c in aligned_crops(source))
+    else:
+        crops = iter(source.crops)
     paths = []
-    for n, crop in enumerate(face_video.crops, start=1):
+    for n, crop in enumerate(crops, start=1):
         file = os.path.join(directory, f'{prefix}_{n}.jpg')
         Image.fromarray(crop).save(file, quality=quality)
         paths.append(file)
