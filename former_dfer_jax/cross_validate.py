@@ -4,8 +4,10 @@
 
 Fold k trains in `workdir/fold_k`. Re-running resumes: finished folds are skipped and an
 interrupted fold resumes from its latest checkpoint. The summary (`summary.json`,
-`summary.md`, `confusion_matrix_{best,last}.png`) is written when every fold is done,
-and can be rebuilt alone with `--summarize_only`.
+`summary.md`, `confusion_matrix_{best,last}.png`, and where the folds have the authors'
+curves to compare with (DFEW, the synthetic stand-in) the reproduction table in
+summary.md and `reproduction.png`) is written when every fold is done, and can be
+rebuilt alone with `--summarize_only`.
 """
 
 from __future__ import annotations
@@ -16,11 +18,10 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 from absl import app, flags, logging
-from PIL import Image
 
 from former_dfer_jax import cli, files
 from former_dfer_jax.errors import UserError
-from former_dfer_jax.training import config_checks, metrics, train
+from former_dfer_jax.training import config_checks, metrics, reference, train
 from former_dfer_jax.training.results import RunResults
 
 
@@ -61,6 +62,8 @@ def summarize(workdir: str, folds: Sequence[int]) -> dict:
 
     Pooled = every fold's test predictions together (summed confusion matrices), the
     paper's protocol; the mean over folds is what the authors' logs average.
+    'reproduction': ours vs the authors' logs (`reference.reproduction_rows`), and
+    'reference_warnings': the early warnings the folds gave.
     """
     per_fold = {fold: fold_results(workdir, fold) for fold in folds}
     missing = [fold for fold, results in per_fold.items() if results is None]
@@ -84,11 +87,21 @@ def summarize(workdir: str, folds: Sequence[int]) -> dict:
                 'war': float(np.mean([row['war'] for row in rows.values()])),
             },
         }
+    summary['reproduction'] = reference.reproduction_rows(
+        {f'fold {fold}': results for fold, results in per_fold.items()},
+        pooled={which: summary[which]['pooled'] for which in ('best', 'last')},
+    )
+    summary['reference_comparisons'] = [r.reference for r in per_fold.values() if r.reference]
+    summary['reference_warnings'] = {
+        f'fold {fold}': r.reference_warning for fold, r in per_fold.items() if r.reference_warning
+    }
     return summary
 
 
 def write_summary(workdir: str, summary: dict) -> None:
-    """summary.json, summary.md (Table 4 layout) and one confusion-matrix picture each."""
+    """summary.json, summary.md (Table 4 layout, then the reproduction table), one
+    confusion-matrix picture each, and reproduction.png (every fold's test WAR per epoch
+    over the authors' curves)."""
     files.write_json(os.path.join(workdir, 'summary.json'), summary)
     class_names = summary['class_names']
     parts = [
@@ -110,11 +123,24 @@ def write_summary(workdir: str, summary: dict) -> None:
             f'WAR {100 * block["mean_over_folds"]["war"]:.2f}.',
             '',
         ]
-        image = metrics.confusion_matrix_image(
-            np.array(block['pooled']['confusion_matrix']), class_names
+        figure = metrics.confusion_matrix_figure(
+            np.array(block['pooled']['confusion_matrix']),
+            class_names,
+            f'{which} epoch, pooled over {len(summary["folds"])} folds',
         )
-        with files.atomic_path(os.path.join(workdir, f'confusion_matrix_{which}.png')) as tmp:
-            Image.fromarray(image).save(tmp)
+        metrics.save_figure(figure, os.path.join(workdir, f'confusion_matrix_{which}.png'))
+    table = reference.format_reproduction(
+        summary.get('reproduction', {}),
+        [reference.Comparison.from_dict(r) for r in summary.get('reference_comparisons', [])],
+    )
+    if table:
+        parts += ["## Reproduction: ours vs the authors' logs", '', table, '']
+        for fold, warning in summary.get('reference_warnings', {}).items():
+            parts += [f'Early warning, {fold}: {warning}', '']
+        runs = {f'fold {fold}': fold_results(workdir, fold) for fold in summary['folds']}
+        if all(runs.values()):
+            reference.plot_reproduction(runs, os.path.join(workdir, 'reproduction.png'))
+            parts += ['Curves: reproduction.png', '']
     files.write_text(os.path.join(workdir, 'summary.md'), '\n'.join(parts))
 
 

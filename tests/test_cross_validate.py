@@ -82,6 +82,31 @@ def test_the_summary_pools_every_test_clip_once(cv_workdir):
         assert os.path.getsize(os.path.join(cv_workdir, f'confusion_matrix_{which}.png')) > 0
 
 
+def test_the_summary_compares_every_fold_with_the_authors_log(cv_workdir):
+    summary = cross_validate.summarize(cv_workdir, FOLDS)
+    cross_validate.write_summary(cv_workdir, summary)
+    rows = summary['reproduction']
+    labels = [f'fold {k}' for k in FOLDS]
+    assert list(rows) == [*labels, 'mean over folds', 'pooled (all folds)']
+    assert [rows[label]['reference'] for label in labels] == [f'DFEW-set{k}' for k in FOLDS]
+    their_best = [rows[label]['best']['reference_war'] for label in labels]
+    assert np.mean(their_best) == pytest.approx(0.65701)  # the paper's 65.70
+    assert rows['mean over folds']['best']['reference_war'] == pytest.approx(0.65701)
+    assert rows['mean over folds']['last']['reference_war'] == pytest.approx(0.651622)
+    for which in ('best', 'last'):
+        pooled = rows['pooled (all folds)'][which]
+        assert pooled['war'] == summary[which]['pooled']['war']
+        assert pooled['uar'] == summary[which]['pooled']['uar']
+        assert rows['fold 2'][which]['war'] == summary[which]['per_fold']['fold 2']['war']
+    with open(os.path.join(cv_workdir, 'summary.md')) as f:
+        text = f.read()
+    assert "## Reproduction: ours vs the authors' logs" in text
+    assert '| fold 3 | DFEW-set3 | ' in text
+    assert '| mean over folds | mean | - | ' in text
+    assert 'The synthetic stand-in is not DFEW' in text
+    assert os.path.getsize(os.path.join(cv_workdir, 'reproduction.png')) > 0
+
+
 # Two folds of a 3-class problem, [true, predicted] counts of their test clips, chosen so
 # that pooling (summed matrices) and the mean over folds give different numbers.
 CLASSES = ['a', 'b', 'c']
@@ -154,6 +179,7 @@ def test_summarize_only_rebuilds_the_summary_without_training(tmp_path, capsys, 
     # best: UAR (143/180 pooled, 7/9 mean), WAR (4/5 pooled, 45/56 mean), in percent.
     assert '| pooled (all folds) | 75.00 | 80.00 | 83.33 | 79.44 | 80.00 |' in printed
     assert 'Mean over folds: UAR 77.78, WAR 80.36.' in printed
+    assert 'Reproduction' not in printed  # folds without the authors' curve to compare with
     with open(os.path.join(workdir, 'summary.md')) as f:
         assert f.read() in printed
     with open(os.path.join(workdir, 'summary.json')) as f:

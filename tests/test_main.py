@@ -1,5 +1,6 @@
-"""Training from `init_from`: a fine-tune starts from exactly the stored weights, whether
-they are a checkpoint step directory of an earlier run or a converted PyTorch checkpoint.
+"""The train command: a fine-tune from `init_from` starts from exactly the stored weights
+(a checkpoint step directory of an earlier run or a converted PyTorch checkpoint), and a
+DFEW run is compared with the authors' curve of its fold, from the first epoch to the report.
 
 Each fine-tune trains at learning rate 0 and stops after its first step, so its parameters
 are still those it started from.
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 from flax import nnx, traverse_util
 
-from former_dfer_jax import convert_torch, inference
-from former_dfer_jax.training import train
+from former_dfer_jax import convert_torch, inference, main
+from former_dfer_jax.training import reference, train
 from former_dfer_jax.training.results import RunResults
 from tests.tiny import tiny_config
 
@@ -76,3 +77,80 @@ def test_fine_tuning_from_a_converted_pytorch_checkpoint_starts_from_its_weights
     np.testing.assert_array_equal(
         got[('temporal', 'cls_token')].reshape(-1), torch_weights['t_former.cls_token'].reshape(-1)
     )
+
+
+# A DFEW tree as its owners distribute it: 21 clips of 6 frames, 2 of each class in the
+# training list of fold 1 (14 clips: 3 steps of 4), one of each in its test list.
+DFEW_CLIPS = {i: (6, i % 7) for i in range(1, 22)}
+DFEW_FOLD_1 = (list(range(1, 15)), list(range(15, 22)))
+
+
+def test_a_dfew_run_is_compared_with_the_authors_fold_and_warned_once(
+    tmp_path, raw_data, monkeypatch, capsys
+):
+    from tests.test_cli import REPO, run_entry_point
+    from tests.test_train import _tensorboard_scalars
+
+    root = raw_data.dfew(tmp_path / 'DFEW', DFEW_CLIPS, {1: DFEW_FOLD_1})
+    workdir = tmp_path / 'run'
+    # Forced below the authors' spread: a floor above any WAR.
+    monkeypatch.setattr(reference, 'floor', lambda group, epoch: 1.01)
+    warnings = []
+    monkeypatch.setattr(train.logging, 'warning', lambda msg, *args: warnings.append(msg % args))
+    overrides = {
+        'data.root': root,
+        'data.stored_frame_size': 0,
+        'data.image_size': 32,
+        'data.crop_area_min': 1.0,
+        'data.num_segments': 2,
+        'model.spatial.depth': 1,
+        'model.temporal.depth': 1,
+        'batch_size': 4,
+        'eval_batch_size': 4,
+        'num_epochs': 3,
+        'log_every_steps': 2,
+    }
+    status = run_entry_point(
+        main,
+        f'--config={REPO}/configs/dfew.py',
+        f'--workdir={workdir}',
+        *(f'--config.{key}={value}' for key, value in overrides.items()),
+    )
+    assert status == 0
+    results = RunResults.read(str(workdir))
+    assert results.reference == {
+        'run': 'DFEW-set1',
+        'differences': [
+            'epochs 3 (theirs 100)',
+            'schedule constant (theirs x0.1 every 40 epochs)',
+            'batch size 4 (theirs 32)',
+            'frames 4 (theirs 16)',
+            'image size 32 (theirs 112)',
+        ],
+        'note': '',
+    }
+    theirs = reference.curves()['DFEW-set1']
+    assert [h['reference']['test_war'] for h in results.history] == [
+        theirs.war(e) for e in (1, 2, 3)
+    ]
+    # The warning: once, at the first epoch, kept in results.json; the run went on.
+    early = [w for w in warnings if w.startswith('Early warning')]
+    assert len(early) == 1 and 'after epoch 1 ' in early[0] and 'face crops' in early[0]
+    assert results.reference_warning.startswith('epoch 1: test WAR')
+    assert results.finished and len(results.history) == 3
+    # The authors' fold 1 as its own TensorBoard run, at our steps (3 per epoch).
+    curve = _tensorboard_scalars(str(workdir / 'reference'))['test/war']
+    assert curve == [
+        (3, pytest.approx(0.213)),
+        (6, pytest.approx(0.24508)),
+        (9, pytest.approx(0.25577)),
+    ]
+    # The report: the reproduction table, the warning, the plot.
+    printed = capsys.readouterr().out
+    assert "Reproduction: this run vs the authors' log" in printed
+    assert '| this run | DFEW-set1 | ' in printed and '| 3 / 100 |' in printed
+    assert '66.21' in printed and '65.48' in printed  # their best and last WAR
+    assert 'Early warning at epoch 1: ' in printed
+    assert "Compared with the authors' DFEW-set1 log (recipe differs: epochs 3" in printed
+    assert (workdir / 'reproduction.png').stat().st_size > 0
+    assert f'Curves:       {workdir / "reproduction.png"}' in printed

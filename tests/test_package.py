@@ -56,6 +56,7 @@ def test_the_wheel_holds_the_package_only_with_its_commands(tmp_path):
     for layer in ('models', 'video', 'data', 'training', 'inference'):
         assert f'former_dfer_jax/{layer}' in packages
     assert 'former_dfer_jax/default_config.py' in names
+    assert 'former_dfer_jax/training/reference_logs.csv' in names  # the authors' curves
     entry_points = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith('entry_points.txt'))
     )

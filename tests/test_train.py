@@ -16,7 +16,7 @@ from flax import nnx
 
 from former_dfer_jax import inference
 from former_dfer_jax.models import build_model
-from former_dfer_jax.training import checkpointing, steps, train
+from former_dfer_jax.training import checkpointing, reference, steps, train
 from former_dfer_jax.training.results import RunResults
 from tests.tiny import TINY_RUN_EPOCHS as EPOCHS
 from tests.tiny import env_with_devices, relative_difference, tiny_config
@@ -78,6 +78,35 @@ def test_a_run_trains_every_step_and_writes_results_checkpoints_and_logs(tiny_ru
     assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['best', 'latest']
     assert _latest_steps(workdir) == [7, 14]  # keep_latest=2
     assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
+
+
+def test_every_evaluated_epoch_keeps_its_difference_to_the_authors_curve(tiny_run):
+    _, workdir, _ = tiny_run
+    results = RunResults.read(workdir)
+    # The synthetic stand-in has DFEW's folds: fold 1 is compared with DFEW-set1, noted.
+    assert results.reference['run'] == 'DFEW-set1' and 'not DFEW' in results.reference['note']
+    assert 'batch size 4 (theirs 32)' in results.reference['differences']
+    theirs = reference.curves()['DFEW-set1']
+    for record in results.history:
+        assert record['reference']['test_war'] == theirs.war(record['epoch'])
+        assert record['reference']['test_war_difference'] == pytest.approx(
+            record['test']['war'] - theirs.war(record['epoch'])
+        )
+        assert record['test']['loss'] > 0  # the mean test cross-entropy
+    line = train._epoch_line(results.history[0], tiny_config(num_epochs=EPOCHS))
+    assert "authors' WAR 21.30% (ours " in line
+
+
+def test_the_authors_curve_is_its_own_tensorboard_run_on_our_steps(tiny_run):
+    _, workdir, _ = tiny_run
+    ours = _tensorboard_scalars(workdir)
+    theirs = _tensorboard_scalars(os.path.join(workdir, 'reference'))
+    tags = {'train/loss', 'train/accuracy', 'train/learning_rate', 'test/war', 'test/loss'}
+    assert tags <= set(ours) and set(theirs) == tags
+    # Epoch e of the authors at our step of epoch e's end (7 steps an epoch), 2 epochs.
+    assert [step for step, _ in theirs['test/war']] == [7, 14]
+    assert [value for _, value in theirs['test/war']] == pytest.approx([0.213, 0.24508])
+    assert [step for step, _ in ours['test/war']] == [7, 14]
 
 
 def test_the_learning_rate_and_loss_are_logged_per_epoch(tiny_run):
@@ -150,15 +179,23 @@ def test_a_second_ctrl_c_stops_at_once():
             os.kill(os.getpid(), signal.SIGINT)
 
 
-def _tensorboard_tags(workdir: str) -> set[str]:
+def _tensorboard_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
+    """Tag -> [(step, value)] of the event files in `logdir` (images: value None)."""
     import tensorflow as tf
 
-    tags = set()
-    for name in os.listdir(workdir):
+    scalars: dict[str, list] = {}
+    for name in sorted(os.listdir(logdir)):
         if name.startswith('events.out.tfevents'):
-            for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, name)):
-                tags.update(value.tag for value in event.summary.value)
-    return tags
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(logdir, name)):
+                for value in event.summary.value:
+                    number = tf.make_ndarray(value.tensor) if value.HasField('tensor') else None
+                    scalar = float(number) if number is not None and number.ndim == 0 else None
+                    scalars.setdefault(value.tag, []).append((event.step, scalar))
+    return scalars
+
+
+def _tensorboard_tags(logdir: str) -> set[str]:
+    return set(_tensorboard_scalars(logdir))
 
 
 def test_a_validation_split_picks_the_best_epoch_by_uar_among_the_evaluated_ones(tmp_path):
@@ -181,7 +218,21 @@ def test_a_validation_split_picks_the_best_epoch_by_uar_among_the_evaluated_ones
     tags = _tensorboard_tags(workdir)
     expected = {'train/loss', 'train/accuracy', 'train/learning_rate', 'test/war', 'test/uar'}
     expected |= {'validation/uar', 'test/recall/happiness', 'test/confusion_matrix'}
+    expected |= {'test/loss', 'validation/loss'}
     assert expected <= tags
+
+
+def test_a_read_only_workdir_is_refused_before_any_work(tmp_path, monkeypatch):
+    from former_dfer_jax.errors import UserError
+    from tests.test_run_lock import read_only
+
+    workdir = tmp_path / 'run'
+    workdir.mkdir()
+    read_only(monkeypatch, workdir)
+    monkeypatch.setattr(train.data, 'info', lambda config: pytest.fail('data opened'))
+    with pytest.raises(UserError) as caught:
+        train.train_and_evaluate(tiny_config(), str(workdir))
+    assert str(caught.value) == (f'{workdir}: cannot write to this workdir (Read-only file system)')
 
 
 def test_a_workdir_of_another_model_is_refused_with_the_differences(tiny_run):

@@ -9,9 +9,14 @@ metrics over several folds are those of the summed matrices (the paper's protoco
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+
+from former_dfer_jax import files
+
+if TYPE_CHECKING:
+    import matplotlib.figure
 
 
 def confusion_matrix(
@@ -78,44 +83,62 @@ def format_table(rows: dict[str, dict], class_names: Sequence[str]) -> str:
     return '\n'.join(lines)
 
 
-def confusion_matrix_image(
-    matrix: np.ndarray, class_names: Sequence[str], cell: int = 64
-) -> np.ndarray:
-    """The row-normalised confusion matrix drawn as an RGB uint8 image `[H, W, 3]`.
+def confusion_matrix_figure(
+    matrix: np.ndarray, class_names: Sequence[str], title: str = ''
+) -> matplotlib.figure.Figure:
+    """The confusion matrix as people read it: rows true classes, columns predictions,
+    colours row-normalised (recall) with a colour bar, each cell its percentage of the row
+    and its count, full class names."""
+    from matplotlib.figure import Figure
 
-    Each cell shows the recall (row-normalised percentage) and the count; rows are true
-    classes, columns predictions. Drawn with PIL so no plotting library is needed.
-    """
+    matrix = np.asarray(matrix)
     n = len(class_names)
-    font = ImageFont.load_default()
-    label_w, top = 110, 40
-    image = Image.new('RGB', (label_w + n * cell + 10, top + n * cell + 30), 'white')
-    draw = ImageDraw.Draw(image)
     with np.errstate(invalid='ignore', divide='ignore'):
         normalised = np.nan_to_num(matrix / matrix.sum(axis=1, keepdims=True))
+    side = max(6.0, 0.75 * n + 2.5)
+    figure = Figure(figsize=(side + 1.2, side), layout='constrained')
+    axes = figure.add_subplot()
+    shown = axes.imshow(normalised, cmap='Blues', vmin=0.0, vmax=1.0)
+    colour_bar = figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.02)
+    colour_bar.set_label('share of the true class (recall on the diagonal)')
+    size = 11 if n <= 8 else 8
     for i in range(n):
-        draw.text((4, top + i * cell + cell // 2 - 6), class_names[i], fill='black', font=font)
-        draw.text(
-            (label_w + i * cell + 4, top - 28 + (i % 2) * 12),
-            class_names[i][:10],
-            fill='black',
-            font=font,
-        )
         for j in range(n):
-            shade = int(255 * (1 - normalised[i, j]))
-            x0, y0 = label_w + j * cell, top + i * cell
-            draw.rectangle(
-                [x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(shade, shade, 255), outline='gray'
+            axes.text(
+                j,
+                i,
+                f'{100 * normalised[i, j]:.0f}%\n{matrix[i, j]}',
+                ha='center',
+                va='center',
+                fontsize=size,
+                color='white' if normalised[i, j] > 0.5 else 'black',
             )
-            ink = 'white' if normalised[i, j] > 0.5 else 'black'
-            draw.text(
-                (x0 + 6, y0 + cell // 2 - 12), f'{100 * normalised[i, j]:.1f}%', fill=ink, font=font
-            )
-            draw.text((x0 + 6, y0 + cell // 2 + 2), f'n={matrix[i, j]}', fill=ink, font=font)
-    draw.text(
-        (label_w, top + n * cell + 8),
-        'rows: true class, columns: predicted',
-        fill='black',
-        font=font,
-    )
-    return np.asarray(image)
+    axes.set_xticks(range(n), class_names, rotation=40, ha='right', fontsize=size + 1)
+    axes.set_yticks(range(n), class_names, fontsize=size + 1)
+    axes.set_xlabel('predicted class', fontsize=size + 1)
+    axes.set_ylabel('true class', fontsize=size + 1)
+    if title:
+        axes.set_title(title, fontsize=size + 2)
+    return figure
+
+
+def figure_image(figure: matplotlib.figure.Figure, dpi: int = 100) -> np.ndarray:
+    """`figure` rendered as an RGB uint8 image `[H, W, 3]` (e.g. for TensorBoard)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure.set_dpi(dpi)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_figure(figure: matplotlib.figure.Figure, path: str, dpi: int = 110) -> None:
+    """Saves `figure` as a PNG at `path` atomically."""
+    with files.atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=dpi, format='png')
+
+
+def confusion_matrix_image(matrix: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+    """`confusion_matrix_figure` as an RGB uint8 image `[H, W, 3]`, about 800 px wide for
+    7 classes: TensorBoard shows it at its own size, every number readable."""
+    return figure_image(confusion_matrix_figure(matrix, class_names))

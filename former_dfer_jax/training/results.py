@@ -35,7 +35,11 @@ class EpochResult:
 
 @dataclasses.dataclass
 class RunResults:
-    """A run's protocol, per-epoch history, best and last epochs, and whether it finished."""
+    """A run's protocol, per-epoch history, best and last epochs, and whether it finished.
+
+    `reference`: the authors' curve it is compared with (`reference.Comparison.to_dict`),
+    None where there is none; `reference_warning`: the early warning, once given.
+    """
 
     protocol: str
     selection_split: str  # 'test' (the reference protocol) or 'validation'
@@ -46,6 +50,8 @@ class RunResults:
     best: EpochResult | None = None
     last: EpochResult | None = None
     finished: bool = False
+    reference: dict[str, Any] | None = None
+    reference_warning: str | None = None
 
     def add_epoch(
         self,
@@ -53,11 +59,13 @@ class RunResults:
         step: int,
         train: dict[str, float],
         evaluation: dict[str, dict[str, Any]] | None,
+        reference_war: float | None = None,
     ) -> bool:
         """Appends an epoch to the history (train means: loss, accuracy, learning_rate;
         `evaluation`: split -> `metrics.summarize`, None when the epoch was not
-        evaluated); an evaluated epoch becomes `last`, and `best` when its selection
-        metric beats the best so far. Returns whether it is the new best."""
+        evaluated; `reference_war`: the authors' test WAR at this epoch, kept with the
+        difference ours - theirs); an evaluated epoch becomes `last`, and `best` when its
+        selection metric beats the best so far. Returns whether it is the new best."""
         record: dict[str, Any] = {
             'epoch': epoch,
             'step': step,
@@ -67,6 +75,11 @@ class RunResults:
         }
         for split, summary in (evaluation or {}).items():
             record[split] = {k: v for k, v in summary.items() if k != 'confusion_matrix'}
+        if evaluation is not None and reference_war is not None:
+            record['reference'] = {
+                'test_war': reference_war,
+                'test_war_difference': evaluation['test']['war'] - reference_war,
+            }
         self.history.append(record)
         if evaluation is None:
             return False

@@ -4,6 +4,10 @@ Sections, in the order they run: set-up (mesh, input, optimizer, state: resume, 
 or fresh), the jitted steps, logging, then one loop over global steps whose body is a
 flat run of "if it is time to log / evaluate / save / stop" blocks.
 
+Where the authors published the curve of the same run (`reference.match`: DFEW folds,
+AFEW), it is written beside ours to TensorBoard (`workdir/reference`), each epoch line and
+results.json record the difference to it, and a run far below it is warned of once.
+
 A workdir is resumable at any step: the latest checkpoint records the global step, and
 the input pipeline can restart an epoch at any batch, so a run stopped mid-epoch (SIGTERM,
 SIGINT, preemption) continues with exactly the batches it would have seen.
@@ -28,7 +32,7 @@ from clu import metrics as clu_metrics
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from former_dfer_jax import data, run_lock
+from former_dfer_jax import data, files, run_lock
 from former_dfer_jax.errors import UserError
 from former_dfer_jax.models import build_abstract_model, build_model
 from former_dfer_jax.training import (
@@ -36,6 +40,7 @@ from former_dfer_jax.training import (
     config_checks,
     evaluation,
     metrics,
+    reference,
     sharding,
     steps,
 )
@@ -186,12 +191,14 @@ def new_results(config: ml_collections.ConfigDict, workdir: str) -> RunResults:
             'validation protocol: "best" is the epoch with the best metric on a stratified '
             'validation split carved out of the training fold; its test numbers are honest'
         )
+    comparison = reference.match(config)
     return RunResults(
         protocol=protocol,
         selection_split=selection_split,
         selection_metric=config.checkpoint.best_metric,
         class_names=list(data.info(config).class_names),
         workdir=os.path.abspath(workdir),
+        reference=comparison.to_dict() if comparison else None,
     )
 
 
@@ -281,16 +288,32 @@ def train_batches(config: ml_collections.ConfigDict, first_step: int) -> Iterato
         start = 0
 
 
+def _keeping_loss_sums(eval_fn, sums: list):
+    """`eval_fn`, which also appends each batch's summed loss to `sums`."""
+
+    def keeping(*args):
+        out = eval_fn(*args)
+        sums.append(out['loss_sum'])
+        return out
+
+    return keeping
+
+
 def evaluate_splits(eval_fn, state: steps.TrainState, config, splits) -> dict[str, dict]:
-    """`metrics.summarize` of each split, the train state's model in eval mode."""
+    """`metrics.summarize` of each split and its mean cross-entropy ('loss'), the train
+    state's model in eval mode."""
     class_names = data.info(config).class_names
-    return {
-        split: metrics.summarize(
-            evaluation.confusion_over_split(eval_fn, (state.params, state.rest), config, split),
-            class_names,
+    summaries = {}
+    for split in splits:
+        sums: list = []
+        confusion = evaluation.confusion_over_split(
+            _keeping_loss_sums(eval_fn, sums), (state.params, state.rest), config, split
         )
-        for split in splits
-    }
+        summary = metrics.summarize(confusion, class_names)
+        total = float(np.sum(jax.device_get(sums), dtype=np.float64))
+        summary['loss'] = total / max(summary['num_clips'], 1)
+        summaries[split] = summary
+    return summaries
 
 
 # ---- The loop -------------------------------------------------------------------------------
@@ -306,6 +329,7 @@ def train_and_evaluate(
     the run saves a checkpoint there and returns.
     """
     config_checks.validate(config)  # before any work: a bad value is named at once
+    files.require_writable(workdir, 'workdir')
     # The lock first: nothing in the workdir is read or written before it is ours.
     with run_lock.RunLock(workdir), StopRequest() as stop:
         is_chief = jax.process_index() == 0
@@ -347,6 +371,11 @@ def train_and_evaluate(
         writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
         if first_step == 0:
             writer.write_hparams(_flat_config(config))
+        comparison = reference.Comparison.from_dict(results.reference)
+        if comparison is not None:
+            logging.info('%s', comparison.describe())
+            if first_step == 0 and is_chief:
+                _write_reference(workdir, comparison.curve, config.num_epochs, steps_per_epoch)
         report_progress = periodic_actions.ReportProgress(
             num_train_steps=total_steps, writer=writer, every_secs=60.0
         )
@@ -413,8 +442,14 @@ def train_and_evaluate(
                             _write_eval(writer, step, split, summary)
                     train_means = computed(epoch_metrics, epoch)
                     epoch_metrics = TrainMetrics.empty()
-                    if results.add_epoch(epoch, step, train_means, summaries):
+                    reference_war = comparison.curve.war(epoch) if comparison else None
+                    if results.add_epoch(epoch, step, train_means, summaries, reference_war):
                         best_value = results.best.selection_value
+                    if summaries and comparison and results.reference_warning is None:
+                        warning = comparison.warning(epoch, summaries['test']['war'])
+                        if warning:
+                            logging.warning('Early warning: %s', warning)
+                            results.reference_warning = f'epoch {epoch}: {warning}'
                     results.finished = step == total_steps
                     logging.info('%s', _epoch_line(results.history[-1], config))
 
@@ -452,8 +487,23 @@ def train_and_evaluate(
 # ---- Logging helpers ----------------------------------------------------------------------------
 
 
+def _write_reference(
+    workdir: str, curve: reference.Curve, num_epochs: int, steps_per_epoch: int
+) -> None:
+    """The authors' curve as its own TensorBoard run, `workdir/reference`: our tags, each
+    epoch's figures at our step of that epoch's end, so both lie on one chart."""
+    writer = metric_writers.SummaryWriter(os.path.join(workdir, 'reference'))
+    for epoch in range(1, min(num_epochs, curve.num_epochs) + 1):
+        writer.write_scalars(epoch * steps_per_epoch, curve.scalars(epoch))
+    writer.close()
+
+
 def _write_eval(writer: metric_writers.MetricWriter, step: int, split: str, summary: dict) -> None:
-    scalars = {f'{split}/war': summary['war'], f'{split}/uar': summary['uar']}
+    scalars = {
+        f'{split}/war': summary['war'],
+        f'{split}/uar': summary['uar'],
+        f'{split}/loss': summary['loss'],
+    }
     for name, recall in summary['per_class_recall'].items():
         if recall is not None:
             scalars[f'{split}/recall/{name}'] = recall
@@ -474,6 +524,12 @@ def _epoch_line(record: dict, config: ml_collections.ConfigDict) -> str:
                 f'{split} WAR {100 * record[split]["war"]:.2f}% '
                 f'UAR {100 * record[split]["uar"]:.2f}%'
             )
+    if 'reference' in record:
+        ref = record['reference']
+        parts.append(
+            f"authors' WAR {100 * ref['test_war']:.2f}% "
+            f'(ours {100 * ref["test_war_difference"]:+.2f})'
+        )
     parts.append(f'lr {record["learning_rate"]:.2g}')
     return '  '.join(parts)
 
