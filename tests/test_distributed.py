@@ -19,6 +19,7 @@ import pytest
 from absl import flags
 from absl.testing import flagsaver
 
+from former_dfer_jax import cli
 from former_dfer_jax.training import distributed
 from tests.test_cli import run_entry_point
 from tests.test_train import BATCH_STATS_RTOL, HEAD_GRADIENT_RTOL, SPATIAL_GRADIENT_RTOL
@@ -232,14 +233,15 @@ def test_every_entry_point_joins_jax_distributed_before_any_work(tool, monkeypat
         raise _JoinedError
 
     monkeypatch.setattr(distributed, 'initialize', initialize)
-    with pytest.raises(_JoinedError):
-        run_entry_point(
-            entry_point,
-            f'--config={ROOT}/configs/synthetic.py',
-            f'--workdir={tmp_path}',
-            '--coordinator_address=10.0.0.1:1234',
-            '--num_processes=2',
-            '--process_id=1',
-        )
+    status = run_entry_point(
+        entry_point,
+        f'--config={ROOT}/configs/synthetic.py',
+        f'--workdir={tmp_path}',
+        '--coordinator_address=10.0.0.1:1234',
+        '--num_processes=2',
+        '--process_id=1',
+    )
+    assert status == 1  # the stand-in's exception, reported as a bug
     assert calls == [('10.0.0.1:1234', 2, 1)]
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == [cli.CRASH_LOG]  # nothing else: no work was done
+    assert '_JoinedError' in (tmp_path / cli.CRASH_LOG).read_text()
