@@ -73,13 +73,26 @@ def test_the_confusion_matrix_figure_shows_full_names_percentages_and_counts():
     assert cells[:3] == ['90%\n9', '10%\n1', '0%\n0']  # row-normalised, with counts
     assert cells[4:6] == ['50%\n5', '50%\n5']
     assert 'recall' in colour_bar.get_ylabel()
-    assert min(t.get_fontsize() for t in axes.texts) >= 10  # readable at TensorBoard's size
+    assert min(t.get_fontsize() for t in axes.texts) >= 10  # the saved PNG: large
+
+
+DFEW_NAMES = ('happiness', 'sadness', 'neutral', 'anger', 'surprise', 'disgust', 'fear')
+
+
+def test_tensorboards_image_fits_its_image_card_with_readable_numbers():
+    # TensorBoard's image tab scales an image down to its card (~350 px wide); one within
+    # that width is shown at its own size, where 6.5 pt at 100 dpi is 9 px text.
+    image = metrics.confusion_matrix_image(np.diag([5] * 7), DFEW_NAMES)
+    assert 250 <= image.shape[1] <= 360
+    figure = metrics.confusion_matrix_figure(np.diag([5] * 7), DFEW_NAMES, compact=True)
+    axes = figure.axes[0]
+    assert min(t.get_fontsize() for t in axes.texts) >= 6.5
+    assert [t.get_text() for t in axes.get_xticklabels()] == list(DFEW_NAMES)
 
 
 def test_the_confusion_matrix_image_is_rgb_and_darker_on_frequent_cells():
     image = metrics.confusion_matrix_image(np.array([[9, 1], [0, 5]]), ['a', 'b'])
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
-    assert 500 <= image.shape[1] <= 1000  # shown at its own size, numbers readable
     # The darkest pixels are the diagonal cells (recall 90% and 100%), the colours follow
     # the row-normalised values: dark blue in the middle of the upper-left cell.
     h, w, _ = image.shape
