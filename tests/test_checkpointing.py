@@ -331,3 +331,26 @@ def test_a_full_disk_during_a_save_is_one_line_and_the_same_command_resumes_to_t
     expected = _flat(steps.model_state_dict(uninterrupted))
     for key, value in _flat(steps.model_state_dict(resumed)).items():
         np.testing.assert_array_equal(value, expected[key], err_msg=str(key))
+
+
+def test_every_later_call_that_meets_the_full_disk_reports_the_same_line(tmp_path, monkeypatch):
+    ckpts = RunCheckpoints(str(tmp_path / 'run'), keep_latest=KEEP_LATEST)
+
+    def full(*args, **kwargs):
+        try:
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        except OSError:
+            raise RuntimeError('Event loop is closed')  # noqa: B904 (as Orbax surfaces it)
+
+    state = {'w': np.zeros(3, np.float32)}
+    monkeypatch.setattr(ckpts.latest, 'save', full)
+    with pytest.raises(files.NoSpaceError) as first:
+        ckpts.save(5, state, state, {'step': 5})
+    monkeypatch.setattr(ckpts.latest, 'wait_until_finished', full)  # as the finally meets it
+    with pytest.raises(files.NoSpaceError) as again:
+        ckpts.wait_until_finished()
+    assert str(again.value) == str(first.value)
+    assert str(first.value).startswith('checkpoint step 5 not saved: no space left on ')
+    assert 'no earlier checkpoint' in str(first.value)
+    monkeypatch.undo()
+    ckpts.close()

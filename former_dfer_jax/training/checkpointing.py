@@ -222,6 +222,7 @@ class RunCheckpoints:
         self.latest = _manager(os.path.join(root, LATEST), max_to_keep=keep_latest)
         self.best = _manager(os.path.join(root, BEST), max_to_keep=1, best=True)
         self._unconfirmed: list[int] = []  # steps whose (asynchronous) save may still fail
+        self._no_space: files.NoSpaceError | None = None  # the first full disk, once known
 
     @contextlib.contextmanager
     def _reporting_full_disk(self) -> Iterator[None]:
@@ -233,7 +234,10 @@ class RunCheckpoints:
             raise self._no_space_error() from e
 
     def _no_space_error(self) -> files.NoSpaceError:
-        """Removes the partial step directories and describes what was kept."""
+        """Removes the partial step directories and describes what was kept (the same
+        description however many of the managers' calls report the full disk)."""
+        if self._no_space is not None:
+            return self._no_space
         directories = (str(self.latest.directory), str(self.best.directory))
         for directory in directories:
             if os.path.isdir(directory):
@@ -247,7 +251,8 @@ class RunCheckpoints:
         intact = max(saved - set(lost), default=None)
         kept = f'step {intact} is intact' if intact is not None else 'no earlier checkpoint'
         what = f'checkpoint step {lost[0]}' if lost else 'a checkpoint'
-        return files.no_space(what, directories[0], kept)
+        self._no_space = files.no_space(what, directories[0], kept)
+        return self._no_space
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
