@@ -125,3 +125,18 @@ def test_every_command_of_the_package_is_a_command_module():
         module, _, function = target.partition(':')
         assert module in MODULES and function == 'entry_point', command
         assert _is_command(module), f'{command}: {module} has no entry_point'
+
+
+def test_the_package_never_imports_the_repositorys_configs():
+    # Config files are loaded by path; their defaults are the package's default_config.
+    importers = []
+    for module in MODULES:
+        for node in ast.walk(_parse(module)):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            if any(n == 'configs' or n.startswith('configs.') for n in names):
+                importers.append(module)
+    assert not importers
