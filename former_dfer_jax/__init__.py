@@ -17,8 +17,9 @@ Layers, bottom to top (a module imports only from its own layer or below):
   data/                                      datasets -> prepared cache -> tf.data
   training/                                  steps, the loop, checkpoints, evaluation
   inference/                                 opening runs, predicting videos, explaining
-  main, evaluate, cross_validate, predict,   thin command lines (with cli and ablations)
-  explain, convert_torch, benchmark, flops
+  main, evaluate, cross_validate, predict,   thin command lines (with cli and ablations);
+  explain, convert_torch, benchmark, flops   data.prepare, data.extract_faces and
+                                             data.synthetic are commands too
 """
 
 __version__ = '0.1.0'

@@ -42,25 +42,41 @@ from former_dfer_jax.training import distributed
 Main = Callable[[list[str]], None]
 
 
+# TensorFlow's C++ start-up notices, printed before any log level applies.
+_START_UP_NOTICES = (
+    'All log messages before absl::InitializeLog() is called',
+    'oneDNN custom operations are on',
+    'This TensorFlow binary is optimized to use available CPU instructions',
+    'To enable the following instructions:',
+)
+
+
 def _import_tensorflow_quietly() -> None:
-    """Imports TensorFlow (the data pipeline and MTCNN run on it) with file descriptor 2
-    closed to its C++ start-up notices ("oneDNN custom operations are on ...", printed
-    twice, before any log level applies); --verbose shows them. An import error still
-    raises, with its Python message."""
-    if '--verbose' in sys.argv or 'tensorflow' in sys.modules:
+    """Imports TensorFlow (the data pipeline and MTCNN run on it) with what its C++ code
+    writes to file descriptor 2 captured; its start-up notices ("oneDNN custom operations
+    are on ...", twice) are dropped and any other line is passed on. --verbose shows all.
+    A failed import is left to the command that needs TensorFlow to report."""
+    verbose = any(arg == '--verbose' or arg.startswith('--verbose=') for arg in sys.argv)
+    if verbose or 'tensorflow' in sys.modules:
         return
     sys.stderr.flush()
     saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
-    except ImportError:
-        pass  # a command that needs it reports the error when it imports it
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    with tempfile.TemporaryFile() as captured:
+        try:
+            os.dup2(captured.fileno(), 2)
+            import tensorflow  # noqa: F401
+        except Exception:
+            pass  # the command that imports it again reports the error
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        sys.stderr.write(_without_start_up_notices(captured.read().decode(errors='replace')))
+
+
+def _without_start_up_notices(text: str) -> str:
+    lines = text.splitlines(keepends=True)
+    return ''.join(line for line in lines if not any(n in line for n in _START_UP_NOTICES))
 
 
 # Command modules import this module before the package's TensorFlow users.

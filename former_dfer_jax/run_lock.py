@@ -99,11 +99,11 @@ class RunLock:
         import jax
         import numpy as np
 
-        error: RunLockError | None = None
+        error: Exception | None = None
         if jax.process_index() == 0:
             try:
                 self._take()
-            except RunLockError as e:
+            except Exception as e:  # any failure: the others must not wait at the broadcast
                 error = e
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
@@ -142,10 +142,14 @@ class RunLock:
             except FileExistsError:
                 self._take_over_if_stale()
                 continue
-            with os.fdopen(fd, 'w') as f:
-                json.dump(record, f)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with os.fdopen(fd, 'w') as f:
+                    json.dump(record, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except BaseException:  # e.g. a full disk: no empty lock file is left behind
+                os.remove(self.path)
+                raise
             self._record = record
             return
         raise RunLockError(f'{self.path}: could not be created (other runs keep taking it)')

@@ -354,3 +354,22 @@ def test_every_later_call_that_meets_the_full_disk_reports_the_same_line(tmp_pat
     assert 'no earlier checkpoint' in str(first.value)
     monkeypatch.undo()
     ckpts.close()
+
+
+def test_a_full_disk_met_by_the_best_checkpoint_alone_names_it_and_the_latest_kept(
+    tmp_path, monkeypatch
+):
+    ckpts = RunCheckpoints(str(tmp_path / 'run'), keep_latest=KEEP_LATEST)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    state = {'w': np.zeros(3, np.float32)}
+    monkeypatch.setattr(ckpts.best, 'save', full)
+    with pytest.raises(files.NoSpaceError) as caught:
+        ckpts.save(5, state, state, {'step': 5}, best_value=0.5)
+        ckpts.wait_until_finished()
+    assert str(caught.value).startswith('the best checkpoint (step 5) not saved: no space left')
+    assert 'the latest checkpoint, step 5, is intact' in str(caught.value)
+    monkeypatch.undo()
+    ckpts.close()

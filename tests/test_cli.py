@@ -221,3 +221,15 @@ def test_library_chatter_is_hidden_and_real_warnings_kept():
     assert not keep(record(logging.INFO, '/site-packages/orbax/checkpoint/x.py', 'saved'))
     assert keep(record(logging.INFO, '/former_dfer_jax/train.py', 'epoch 1'))
     assert keep(record(logging.WARNING, '/site-packages/orbax/checkpoint/x.py', 'disk full'))
+
+
+def test_only_tensorflows_start_up_notices_are_dropped_from_what_its_import_prints():
+    printed = (
+        'WARNING: All log messages before absl::InitializeLog() is called are written to '
+        'STDERR\n'
+        'I0000 00:00:1 port.cc:153] oneDNN custom operations are on. You may see ...\n'
+        'E0000 00:00:1 cuda_dnn.cc:8] Unable to register cuDNN factory\n'
+    )
+    assert cli._without_start_up_notices(printed) == (
+        'E0000 00:00:1 cuda_dnn.cc:8] Unable to register cuDNN factory\n'
+    )

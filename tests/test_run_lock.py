@@ -176,3 +176,15 @@ def test_an_output_lock_leaves_jax_out(tmp_path):
     )
     done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == 'False'
+
+
+def test_a_lock_that_cannot_be_written_leaves_no_lock_file(tmp_path, monkeypatch):
+    # A full disk lets the file be created but not written: an empty lock file left behind
+    # would block the next run after space is freed.
+    def full(record, f):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    monkeypatch.setattr(json, 'dump', full)
+    with pytest.raises(OSError, match='No space left'):
+        RunLock(str(tmp_path)).acquire()
+    assert not (tmp_path / LOCK_FILE).exists()

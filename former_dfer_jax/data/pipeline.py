@@ -186,12 +186,20 @@ def load(
     return _naming_damage(prepared, dataset.as_numpy_iterator())
 
 
+# What TensorFlow says when a record file does not read back (the other OpErrors, e.g. a
+# cancelled or out-of-memory pipeline, are not worth a full read of the prepared data).
+_DAMAGE = ('corrupted record', 'truncated record', 'data loss', 'not found', 'no such file')
+
+
 def _naming_damage(prepared: Prepared, batches: Iterator) -> Iterator[dict[str, np.ndarray]]:
-    """`batches`; where reading fails, the damaged record file is looked for (a full read)
-    and, when found, named in the error."""
+    """`batches`; where reading fails as a damaged file would, the damaged record file is
+    looked for (a full read) and, when found, named in the error."""
     try:
         yield from batches
     except tf.errors.OpError as e:
+        damaged = isinstance(e, tf.errors.DataLossError | tf.errors.NotFoundError)
+        if not (damaged or any(text in str(e).lower() for text in _DAMAGE)):
+            raise
         damage = prepared.verify()
         if damage is None:
             raise

@@ -238,19 +238,27 @@ class RunCheckpoints:
         description however many of the managers' calls report the full disk)."""
         if self._no_space is not None:
             return self._no_space
+        for manager in (self.latest, self.best):  # let the other save end, or fail, first
+            with contextlib.suppress(Exception):
+                manager.wait_until_finished()
         directories = (str(self.latest.directory), str(self.best.directory))
-        for directory in directories:
+        for directory in directories if jax.process_index() == 0 else ():
             if os.path.isdir(directory):
                 for name in os.listdir(directory):
                     if '.orbax-checkpoint-tmp' in name:
                         shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
         self.latest.reload()
         saved = set(self.latest.all_steps())
-        lost = [s for s in self._unconfirmed if s not in saved] or self._unconfirmed[-1:]
+        lost = [s for s in self._unconfirmed if s not in saved]
+        if lost or not self._unconfirmed:
+            intact = max(saved - set(lost), default=None)
+            what = f'checkpoint step {lost[0]}' if lost else 'a checkpoint'
+            kept = f'step {intact} is intact' if intact is not None else 'no earlier checkpoint'
+        else:  # the latest checkpoint is on disk: the best one's save failed
+            step = self._unconfirmed[-1]
+            what = f'the best checkpoint (step {step})'
+            kept = f'the latest checkpoint, step {step}, is intact'
         self._unconfirmed = []
-        intact = max(saved - set(lost), default=None)
-        kept = f'step {intact} is intact' if intact is not None else 'no earlier checkpoint'
-        what = f'checkpoint step {lost[0]}' if lost else 'a checkpoint'
         self._no_space = files.no_space(what, directories[0], kept)
         return self._no_space
 

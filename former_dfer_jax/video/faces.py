@@ -238,8 +238,9 @@ def aligned_crops(face_track: FaceTrack, *, progress: bool = False) -> Iterator[
             timings['align'] += time.perf_counter() - t
             yield AlignedCrop(frame.index, face_track.frames[frame.index]['time_s'], crop)
     if decoded != len(faces):
+        second = f'more than {len(faces)}' if decoded > len(faces) else str(decoded)
         raise VideoError(
-            f'{path}: {len(faces)} frames decoded, then {decoded}: did the file change?'
+            f'{path}: {len(faces)} frames decoded, then {second}: did the file change?'
         )
 
 
