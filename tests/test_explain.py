@@ -7,7 +7,6 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -16,9 +15,8 @@ import pytest
 
 from former_dfer_jax import explain
 from former_dfer_jax.inference import explanation_plots
-from former_dfer_jax.run_lock import LOCK_FILE
 from tests.test_cli import run_entry_point
-from tests.test_run_lock import live_lock, read_only
+from tests.test_run_lock import in_use_line, live_lock, read_only
 from tests.tiny import OWN_CLASS_NAMES
 
 
@@ -147,9 +145,5 @@ def test_a_locked_or_read_only_output_is_refused_before_any_run_is_opened(
     else:
         with live_lock(out, what='explain run') as pid:
             assert run_entry_point(explain, *args) == 1
-        expected = (
-            f'error: {out} is in use by another explain run (host {socket.gethostname()}, pid '
-            f'{pid}, started 2024-01-01T00:00:00, lock file {out / LOCK_FILE}): wait for it '
-            'to finish or stop it, or use another --output folder'
-        )
+        expected = f'error: {in_use_line(out, "explain run", pid)}'
     assert capsys.readouterr().err.strip().splitlines() == [expected]

@@ -10,7 +10,6 @@ import errno
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -29,7 +28,7 @@ from former_dfer_jax.video.faces import FaceOptions
 from tests import videos
 from tests.test_cli import run_entry_point
 from tests.test_predict import SquareDetector, square_frames
-from tests.test_run_lock import dead_pid, live_lock, read_only, write_lock
+from tests.test_run_lock import dead_pid, in_use_line, live_lock, read_only, write_lock
 
 SETTINGS = ef.ExtractSettings(min_frames=3, face_options=FaceOptions(crop_size=32))
 
@@ -183,11 +182,7 @@ def test_a_resubmitted_run_while_the_first_runs_is_refused_in_one_line(tmp_path,
         status = run_entry_point(command, f'--input={inputs}', f'--output={root}')
     assert status == 1
     error = capsys.readouterr().err.strip().splitlines()
-    assert error == [
-        f'error: {root} is in use by another extract_faces run (host {socket.gethostname()}, '
-        f'pid {pid}, started 2024-01-01T00:00:00, lock file {root / LOCK_FILE}): wait for it '
-        'to finish or stop it, or use another --output folder'
-    ]
+    assert error == [f'error: {in_use_line(root, "extract_faces run", pid)}']
     assert os.listdir(root) == [LOCK_FILE]  # nothing written; the first run's lock kept
 
 

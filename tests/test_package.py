@@ -26,9 +26,13 @@ COMMANDS = (
 )
 
 
-def _outside_the_checkout_env() -> dict[str, str]:
-    """os.environ without anything that would put the checkout on sys.path."""
-    return {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+def _run_outside_the_checkout(command: list[str], cwd) -> subprocess.CompletedProcess:
+    """`command` in `cwd`, with nothing in its environment that would put the checkout on
+    sys.path; fails the test, with its stderr, unless it succeeds."""
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 def test_the_wheel_holds_the_package_only_with_its_commands(tmp_path):
@@ -82,15 +86,7 @@ def test_the_library_works_from_another_directory(tmp_path, own_run):
         }}))
         """
     )
-    result = subprocess.run(
-        [sys.executable, '-c', code],
-        cwd=tmp_path,
-        env=_outside_the_checkout_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = _run_outside_the_checkout([sys.executable, '-c', code], tmp_path)
     import json
 
     out = json.loads(result.stdout.strip().splitlines()[-1])
@@ -124,14 +120,6 @@ def test_training_runs_from_another_directory_with_a_config_file_given_by_path(t
         '--workdir=run',
         *(f'--config.{key}={value}' for key, value in overrides.items()),
     ]
-    result = subprocess.run(
-        command,
-        cwd=tmp_path,
-        env=_outside_the_checkout_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = _run_outside_the_checkout(command, tmp_path)
     assert 'Run finished.' in result.stdout
     assert (tmp_path / 'run' / 'results.json').exists()

@@ -8,7 +8,6 @@ MTCNN on a real face (tests/videos.py).
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -28,7 +27,7 @@ from former_dfer_jax.video import VideoError, faces
 from former_dfer_jax.video.detect import Face
 from tests import videos
 from tests.test_cli import run_entry_point
-from tests.test_run_lock import live_lock, read_only
+from tests.test_run_lock import in_use_line, live_lock, read_only
 from tests.tiny import OWN_CLASS_NAMES
 
 MAGENTA = (230, 20, 230)
@@ -388,11 +387,7 @@ def test_a_second_predict_into_one_folder_is_refused_in_one_line(tmp_path, monke
     out = tmp_path / 'out'
     with live_lock(out, what='predict run') as pid:
         error = _refused_before_the_model_is_loaded(tmp_path, monkeypatch, capsys)
-    assert error == (
-        f'error: {out} is in use by another predict run (host {socket.gethostname()}, pid '
-        f'{pid}, started 2024-01-01T00:00:00, lock file {out / LOCK_FILE}): wait for it to '
-        'finish or stop it, or use another --output folder'
-    )
+    assert error == f'error: {in_use_line(out, "predict run", pid)}'
     assert os.listdir(out) == [LOCK_FILE]
 
 

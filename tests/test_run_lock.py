@@ -43,6 +43,15 @@ def live_lock(folder, **record):
             process.kill()
 
 
+def in_use_line(folder, what: str, pid: int, instead: str = '--output folder') -> str:
+    """The one line a second run gets where `live_lock` holds `folder` for `what`."""
+    return (
+        f'{folder} is in use by another {what} (host {socket.gethostname()}, pid {pid}, '
+        f'started 2024-01-01T00:00:00, lock file {os.path.join(folder, LOCK_FILE)}): wait for '
+        f'it to finish or stop it, or use another {instead}'
+    )
+
+
 def read_only(monkeypatch, folder) -> None:
     """Nothing can be written under `folder` from now on (as on a read-only file system;
     tests run as root, where a chmod would not stop writes)."""
@@ -147,11 +156,7 @@ def test_an_output_lock_names_the_tool_and_its_flag_and_is_seen_by_other_tools(t
     with live_lock(out, what='predict run') as pid:
         with pytest.raises(RunLockError) as caught:
             output_lock(out, 'predict').acquire()
-        assert str(caught.value) == (
-            f'{out} is in use by another predict run (host {socket.gethostname()}, pid {pid}, '
-            f'started 2024-01-01T00:00:00, lock file {out / LOCK_FILE}): wait for it to '
-            'finish or stop it, or use another --output folder'
-        )
+        assert str(caught.value) == in_use_line(out, 'predict run', pid)
         # The trainer, pointed at that folder, is told what holds it.
         with pytest.raises(RunLockError, match=r'in use by another predict run .*other workdir'):
             RunLock(str(out)).acquire()
