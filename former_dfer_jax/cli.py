@@ -19,7 +19,10 @@ entry points import side by side.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib.abc
+import importlib.util
 import logging as std_logging
 import os
 import re
@@ -28,7 +31,7 @@ import tempfile
 import textwrap
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 import ml_collections
@@ -51,27 +54,21 @@ _START_UP_NOTICES = (
 )
 
 
-def _import_tensorflow_quietly() -> None:
-    """Imports TensorFlow (the data pipeline and MTCNN run on it) with what its C++ code
-    writes to file descriptor 2 captured; its start-up notices ("oneDNN custom operations
-    are on ...", twice) are dropped and any other line is passed on. --verbose shows all.
-    A failed import is left to the command that needs TensorFlow to report."""
-    verbose = any(arg == '--verbose' or arg.startswith('--verbose=') for arg in sys.argv)
-    if verbose or 'tensorflow' in sys.modules:
-        return
+@contextlib.contextmanager
+def _start_up_notices_dropped() -> Iterator[None]:
+    """Captures what C++ code writes to file descriptor 2 in the block, then passes it on
+    without TensorFlow's start-up notices."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
         try:
             os.dup2(captured.fileno(), 2)
-            import tensorflow  # noqa: F401
-        except Exception:
-            pass  # the command that imports it again reports the error
+            yield
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-        captured.seek(0)
-        sys.stderr.write(_without_start_up_notices(captured.read().decode(errors='replace')))
+            captured.seek(0)
+            sys.stderr.write(_without_start_up_notices(captured.read().decode(errors='replace')))
 
 
 def _without_start_up_notices(text: str) -> str:
@@ -79,8 +76,30 @@ def _without_start_up_notices(text: str) -> str:
     return ''.join(line for line in lines if not any(n in line for n in _START_UP_NOTICES))
 
 
-# Command modules import this module before the package's TensorFlow users.
-_import_tensorflow_quietly()
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Runs the process's first `import tensorflow` (the data pipeline and MTCNN run on
+    it) with its start-up notices dropped ("oneDNN custom operations are on ...", twice,
+    before any log level applies); any other line it prints is passed on. Installed by
+    the commands only (importing this module), so a command that never needs TensorFlow
+    never loads it; --verbose shows everything."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != 'tensorflow':
+            return None
+        sys.meta_path.remove(self)
+        with _start_up_notices_dropped():
+            self._module = importlib.import_module(name)  # raises as a plain import would
+        return importlib.util.spec_from_loader(name, self)
+
+    def create_module(self, spec):
+        return self._module
+
+    def exec_module(self, module) -> None:
+        pass  # imported by find_spec
+
+
+if not any(arg == '--verbose' or arg.startswith('--verbose=') for arg in sys.argv):
+    sys.meta_path.insert(0, _QuietTensorFlowImport())
 
 
 def define_config_flags(

@@ -233,3 +233,9 @@ def test_only_tensorflows_start_up_notices_are_dropped_from_what_its_import_prin
     assert cli._without_start_up_notices(printed) == (
         'E0000 00:00:1 cuda_dnn.cc:8] Unable to register cuDNN factory\n'
     )
+
+
+def test_a_command_that_never_needs_tensorflow_never_loads_it():
+    code = 'import sys; import former_dfer_jax.cli; print("tensorflow" in sys.modules)'
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert result.stdout.strip() == 'False', result.stderr[-2000:]
